@@ -1,0 +1,64 @@
+"""The `ettin` command line: a thin typer app.
+
+Each subcommand lives in `ettin_cli/commands/<name>.py` and exposes `register(app)`. Commands only parse and
+validate, then call a library function that does the work (and is tested directly). Heavy imports (torch,
+transformers, datasets) happen inside those functions, so `ettin --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ettin_cli import __version__, console
+from ettin_cli.errors import EttinError
+
+# Order = order in `ettin --help`; the pipeline reads top to bottom.
+COMMAND_MODULES = ["env"]
+
+app = typer.Typer(
+    name="ettin",
+    help="Distil Ettin rerankers: mine and score pairs with a teacher, train six student sizes, evaluate, "
+    "benchmark and publish them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ettin-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug detail and library messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bars."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Options given before the subcommand apply to every subcommand: `ettin -q score ...`."""
+    if verbose and quiet:
+        raise EttinError("--verbose and --quiet exclude each other")
+    console.setup(console.VERBOSE if verbose else console.QUIET if quiet else console.NORMAL)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"ettin_cli.commands.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="ettin")
+    except EttinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,85 @@
+"""Recipes are data: `recipes/shared.yaml` holds what every size shares, `recipes/<size>.yaml` what differs.
+
+No size-specific number lives in Python. A recipe is the shared file deep-merged with a size file (the size
+file wins), or any YAML file given with `--recipe` (merged over the shared file the same way).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from ettin_cli.errors import EttinError
+
+SHARED_NAME = "shared"
+# Files in recipes/ that are not student sizes.
+NON_SIZE_RECIPES = {SHARED_NAME, "data", "demo"}
+
+
+def recipes_dir() -> Path:
+    """The recipes folder: `$ETTIN_RECIPES`, else `recipes/` at the top of the checkout this package lives in."""
+    env = os.environ.get("ETTIN_RECIPES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def available_sizes() -> list[str]:
+    """Sizes that have a recipe file, smallest first (`17m`, `32m`, ..., `1b`)."""
+    names = [p.stem for p in recipes_dir().glob("*.yaml") if p.stem not in NON_SIZE_RECIPES]
+    return sorted(names, key=_size_key)
+
+
+def _size_key(name: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "b": 1e9}
+    try:
+        return float(name[:-1]) * units[name[-1].lower()]
+    except (KeyError, ValueError, IndexError):
+        return float("inf")
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one YAML mapping, with a one-line error for a missing or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EttinError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise EttinError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise EttinError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `override` merged in, recursively for nested mappings."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_recipe(size: str | None = None, recipe_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The shared recipe merged with a size's file (or with `recipe_file`)."""
+    folder = recipes_dir()
+    shared = read_yaml(folder / f"{SHARED_NAME}.yaml")
+    if recipe_file is not None:
+        return deep_merge(shared, read_yaml(recipe_file))
+    if size is None:
+        return shared
+    sizes = available_sizes()
+    if size not in sizes:
+        raise EttinError(f"unknown size '{size}': choose one of {', '.join(sizes)}")
+    return deep_merge(shared, read_yaml(folder / f"{size}.yaml"))
