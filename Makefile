@@ -17,7 +17,46 @@ ETTIN := $(VENV)/bin/ettin
 STAMP := $(VENV)/.installed-$(TORCH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint demo clean
+.PHONY: help install test lint demo clean mix mine score score-all select select-all train train-all push \
+	push-all push-data eval bench
+
+# ---------------------------------------------------------------------------------------------------------
+# The production chain (GPU box or cluster). Every step writes a manifest.json when complete; make targets are
+# those manifests, so a rerun redoes only what is missing, and `ettin` itself skips finished shards of an
+# interrupted step. `make -n train SIZE=1b` shows the exact commands.
+#   NPROC=8            processes per node (torchrun); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several nodes
+#   WORK=work          data folder; RUNS=runs model folder; SUBSET=msmarco one subset; SIZE=150m one student size
+# ---------------------------------------------------------------------------------------------------------
+WORK ?= work
+RUNS ?= runs
+SIZE ?= 150m
+SIZES ?= 17m 32m 68m 150m 400m 1b
+SUBSET ?=
+ORG ?=
+TEACHER ?= mixedbread-ai/mxbai-rerank-large-v2
+EVAL_DATA ?= nanobeir
+NPROC ?= 1
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+RETRIEVAL_SUBSETS ?= msmarco hotpotqa trivia nq squadv2 fiqa fever
+SCORE_ARGS ?=
+TRAIN_ARGS ?=
+ifeq ($(NPROC)$(NNODES),11)
+RUN := $(ETTIN)
+else
+RUN := $(VENV)/bin/torchrun --nproc_per_node $(NPROC) --nnodes $(NNODES) --node_rank $(NODE_RANK) \
+	--master_addr $(MASTER_ADDR) --master_port $(MASTER_PORT) -m ettin_cli
+endif
+# Subsets present after `make mix` / `make mine`, and what training reads: the scored pre-training subsets and
+# the selected retrieval subsets.
+MIXED = $(filter-out validation,$(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mix/*/manifest.json))))
+MINED = $(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mined/*/manifest.json)))
+TRAIN_DATA = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),--data $(WORK)/scored/$(s)) \
+	$(foreach s,$(MINED),--data $(WORK)/selected/$(s))
+TRAIN_DEPS = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(WORK)/scored/$(s)/manifest.json) \
+	$(foreach s,$(MINED),$(WORK)/selected/$(s)/manifest.json)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -49,3 +88,60 @@ test: $(STAMP) ## ruff check, then the full test suite
 
 clean: ## remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+need-%:
+	@test -n "$($*)" || { echo "error: set $*=... (see make help)" >&2; exit 2; }
+
+$(WORK)/mix/summary.json: | $(STAMP)
+	$(ETTIN) mix --output $(WORK)/mix --skip $(subst $(eval) ,$(comma),$(RETRIEVAL_SUBSETS))
+comma := ,
+
+mix: $(WORK)/mix/summary.json ## 1. the pre-training subsets and the validation rows (recipes/data.yaml)
+
+$(WORK)/mined/%/manifest.json: | $(STAMP)
+	@test -n "$(CORPUS)" || { echo "error: set CORPUS=<BEIR folder or table> for subset $*" >&2; exit 2; }
+	$(RUN) mine --corpus $(CORPUS) --output $(WORK)/mined/$* $(MINE_ARGS)
+
+mine: need-SUBSET $(WORK)/mined/$(SUBSET)/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
+
+.SECONDEXPANSION:
+SCORE_INPUT = $(if $(wildcard $(WORK)/mined/$*/manifest.json),$(WORK)/mined/$*,$(WORK)/mix/$*)
+$(WORK)/scored/%/manifest.json: $$(SCORE_INPUT)/manifest.json | $(STAMP)
+	$(RUN) score $(SCORE_INPUT) --teacher $(TEACHER) --output $(WORK)/scored/$* $(SCORE_ARGS)
+
+score: need-SUBSET $(WORK)/scored/$(SUBSET)/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
+
+score-all: $(foreach s,$(MIXED) validation $(MINED),$(WORK)/scored/$(s)/manifest.json) ## 2. every mixed and mined subset
+
+$(WORK)/selected/%/manifest.json: $(WORK)/scored/%/manifest.json | $(STAMP)
+	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*
+
+select: need-SUBSET $(WORK)/selected/$(SUBSET)/manifest.json ## 3. 256 then 64 per query for a mined subset: SUBSET=nq
+
+select-all: $(foreach s,$(MINED),$(WORK)/selected/$(s)/manifest.json) ## 3. every mined subset
+
+$(RUNS)/%/final/ettin_training.json: $(TRAIN_DEPS) | $(STAMP)
+	$(RUN) train --size $* $(TRAIN_DATA) --validation-data $(WORK)/scored/validation \
+		--output-dir $(RUNS)/$* $(TRAIN_ARGS)
+
+train: $(RUNS)/$(SIZE)/final/ettin_training.json ## 4. train one student: SIZE=150m [NPROC=8]
+
+train-all: $(foreach s,$(SIZES),$(RUNS)/$(s)/final/ettin_training.json) ## 4. all six sizes, smallest first
+
+push: need-ORG $(RUNS)/$(SIZE)/final/ettin_training.json ## 5. publish one student: SIZE=150m ORG=my-org
+	$(ETTIN) push $(RUNS)/$(SIZE)/final --repo-id $(ORG)/ettin-reranker-$(SIZE)-v1 $(PUSH_ARGS)
+
+push-all: need-ORG ## 5. publish every trained size
+	$(foreach s,$(SIZES),$(MAKE) push SIZE=$(s) ORG=$(ORG) &&) true
+
+push-data: need-ORG ## 5. publish the scored data as one dataset: ORG=my-org
+	$(ETTIN) push $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(s)=$(WORK)/scored/$(s)) \
+		$(foreach s,$(MINED),$(s)=$(WORK)/selected/$(s)) validation=$(WORK)/scored/validation \
+		--repo-id $(ORG)/ettin-reranker-v1-data --repo-type dataset $(PUSH_ARGS)
+
+eval: | $(STAMP) ## 6. teacher and every trained size on EVAL_DATA (default nanobeir)
+	$(ETTIN) eval $(TEACHER) $(wildcard $(foreach s,$(SIZES),$(RUNS)/$(s)/final)) --data $(EVAL_DATA) \
+		--output $(RUNS)/eval $(EVAL_ARGS)
+
+bench: | $(STAMP) ## 6. throughput of the teacher and every trained size (pairs/s, bf16+FA2 on a GPU)
+	$(ETTIN) bench $(wildcard $(foreach s,$(SIZES),$(RUNS)/$(s)/final)) $(TEACHER) --output $(RUNS)/bench $(BENCH_ARGS)

@@ -181,3 +181,16 @@ def tiny_qwen2_teacher_path(cranfield_dir, tmp_path_factory) -> Path:
     """A tiny random Qwen2ForCausalLM + BPE tokenizer laid out like mixedbread-ai/mxbai-rerank-large-v2."""
     out = tmp_path_factory.mktemp("tiny-qwen2-teacher")
     return build_qwen2_teacher(out, cranfield_texts(cranfield_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_student_path(tiny_modernbert_path, tmp_path_factory) -> Path:
+    """A saved (untrained) Ettin student CrossEncoder on the tiny ModernBERT backbone, via `student.build_student`."""
+    from ettin_cli.hardware import Precision
+    from ettin_cli.student import build_student
+
+    out = tmp_path_factory.mktemp("tiny-student") / "student"
+    model = build_student(str(tiny_modernbert_path), max_length=512, precision=Precision("float32", "sdpa"),
+                          for_training=False)
+    model.save_pretrained(str(out))
+    return out

@@ -16,7 +16,7 @@ from ettin_cli import __version__, console
 from ettin_cli.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
-COMMAND_MODULES = ["env"]
+COMMAND_MODULES = ["env", "score", "mine", "select", "mix", "train", "eval", "bench", "push"]
 
 app = typer.Typer(
     name="ettin",

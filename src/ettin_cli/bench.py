@@ -1,0 +1,508 @@
+"""Inference throughput, measured the way the published Ettin tables are (../shared/RECIPE.md).
+
+Pairs/second on (query, document) pairs of real text cut at `max_length` (512): the batch size is found by
+doubling from 8 until out of memory (GPU) or, on CPU, until throughput stops rising or a memory limit is hit;
+then three timed passes over the same pairs at the best batch size, median kept; peak memory is
+`torch.cuda.max_memory_allocated` on GPU and the process's peak RSS on CPU (reset before the passes).
+
+A sweep over dtype, attention and padded vs unpadded inputs gives the ablation table (fp32+SDPA, bf16+SDPA,
+bf16+FA2 padded, bf16+FA2 unpadded). A setting the hardware cannot run is not attempted: it is listed with
+the reason `hardware.resolve_precision` gives (no GPU, no flash-attn, pre-Ampere GPU).
+
+Models load through `teacher.load_teacher`, so students, cross-encoders, bi-encoders and the mxbai-v2 teacher
+are timed through the same `.score()` the rest of the pipeline uses (length-sorted batches included).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ettin_cli import console
+from ettin_cli.errors import EttinError
+
+DEFAULT_DATA = "nanobeir:nq"  # natural-questions pairs, as in the published throughput table
+PADDINGS = ("auto", "padded", "unpadded", "both")
+_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_SHORT_ATTN = {"sdpa": "SDPA", "eager": "eager", "flash_attention_2": "FA2"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One precision/attention/padding combination to time."""
+
+    dtype: str
+    attn: str
+    unpadded: bool
+
+    @property
+    def label(self) -> str:
+        text = f"{_SHORT_DTYPE.get(self.dtype, self.dtype)}+{_SHORT_ATTN.get(self.attn, self.attn)}"
+        if self.attn == "flash_attention_2":
+            text += " unpadded" if self.unpadded else " padded"
+        return text
+
+
+# The published precision/attention ablation, in table order.
+ABLATION = (
+    Setting("float32", "sdpa", False),
+    Setting("bfloat16", "sdpa", False),
+    Setting("bfloat16", "flash_attention_2", False),
+    Setting("bfloat16", "flash_attention_2", True),
+)
+
+
+def plan_settings(device: str, dtypes: Sequence[str] = ("auto",), attns: Sequence[str] = ("auto",),
+                  padding: str = "auto", ablation: bool = False, *, capability: tuple[int, int] | None = None,
+                  fa2_available: bool | None = None) -> list[tuple[Setting, str | None]]:
+    """The settings to time on `device`, each with `None` or the reason it is skipped.
+
+    `ablation` gives the four published settings; otherwise every (dtype, attn) pair, with `padding` `auto`
+    (unpadded exactly when Flash Attention 2 runs), `padded`, `unpadded` or `both`. `capability` and
+    `fa2_available` stand in for the GPU facts, so the plan is testable without a GPU.
+    """
+    from ettin_cli.hardware import ATTNS, DTYPES, resolve_precision
+
+    if padding not in PADDINGS:
+        raise EttinError(f"--padding must be one of {', '.join(PADDINGS)}, got '{padding}'")
+    # A typo is an error; only what the hardware cannot run becomes a skipped row.
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise EttinError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    for attn in attns:
+        if attn not in ATTNS:
+            raise EttinError(f"--attn must be one of {', '.join(ATTNS)}, got '{attn}'")
+    wanted: list[tuple[str, str, str]] = []
+    if ablation:
+        wanted = [(s.dtype, s.attn, "unpadded" if s.unpadded else "padded") for s in ABLATION]
+    else:
+        wanted = [(d, a, padding) for d in (dtypes or ["auto"]) for a in (attns or ["auto"])]
+    plan: list[tuple[Setting, str | None]] = []
+    for dtype, attn, pad in wanted:
+        try:
+            precision = resolve_precision(device, dtype, attn, capability=capability, fa2_available=fa2_available)
+        except EttinError as exc:
+            shown_dtype = dtype if dtype != "auto" else "float32"
+            shown_attn = attn if attn != "auto" else "sdpa"
+            options = [pad == "unpadded"] if pad != "both" else [False, True]
+            for unpadded in options:
+                plan.append((Setting(shown_dtype, shown_attn, unpadded), str(exc)))
+            continue
+        fa2 = precision.attn == "flash_attention_2"
+        options = {"auto": [fa2], "padded": [False], "unpadded": [True], "both": [False, True]}[pad]
+        for unpadded in options:
+            setting = Setting(precision.dtype, precision.attn, unpadded)
+            reason = None
+            if unpadded and not fa2:
+                if pad == "both":
+                    continue  # `both` only adds the unpadded variant where it exists
+                reason = "unpadded inputs need --attn flash_attention_2 (SDPA and eager run padded batches)"
+            plan.append((setting, reason))
+    # Same setting asked twice (e.g. auto and its explicit value): keep the first.
+    seen: set[Setting] = set()
+    unique = []
+    for setting, reason in plan:
+        if setting not in seen:
+            seen.add(setting)
+            unique.append((setting, reason))
+    return unique
+
+
+# ---------------------------------------------------------------------------------------------------- pairs
+
+
+def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 4096, *, seed: int = 0,
+                docs_per_query: int = 4) -> list[tuple[str, str]]:
+    """`num_pairs` (query, document) pairs of real text, the same for the same inputs and seed.
+
+    `data`: a BEIR folder (each query with its judged documents, then random corpus documents, up to
+    `docs_per_query`), `nanobeir:NAME` (each query with its published BM25 candidates: the pairs a reranker
+    sees in production; `nanobeir:nq` is the default natural-questions set), or a `.parquet`/`.jsonl` file
+    with `query` and `document` columns (a seeded sample of its rows). Pairs repeat only if the data has
+    fewer than `num_pairs`.
+    """
+    if num_pairs < 1:
+        raise EttinError(f"--num-pairs must be at least 1, got {num_pairs}")
+    rng = random.Random(seed)
+    text = str(data)
+    if text.lower().startswith("nanobeir"):
+        from ettin_cli.evaluation import load_nanobeir
+
+        names = [n for n in text.split(":", 1)[1].split(",") if n] if ":" in text else ["nq"]
+        datasets, candidates = load_nanobeir(names)
+        base = []
+        for ds in datasets:
+            for qid, hits in candidates[ds.name].items():
+                if qid in ds.queries:
+                    base += [(ds.queries[qid], ds.corpus[did]) for did, _ in hits[:docs_per_query]
+                             if did in ds.corpus]
+        rng.shuffle(base)
+    else:
+        path = Path(text)
+        if path.is_dir():
+            base = _beir_pairs(path, rng, docs_per_query)
+        elif path.is_file():
+            base = _file_pairs(path)
+            rng.shuffle(base)
+        else:
+            raise EttinError(f"--data {text}: no such file or folder (a BEIR folder, a parquet/jsonl file of "
+                             "query/document pairs, or nanobeir:NAME)")
+    if not base:
+        raise EttinError(f"--data {text}: no (query, document) pairs in it")
+    return [base[i % len(base)] for i in range(num_pairs)]
+
+
+def _beir_pairs(path: Path, rng: random.Random, docs_per_query: int) -> list[tuple[str, str]]:
+    from ettin_cli.beir import load_beir
+
+    ds = load_beir(path, require_qrels=False)
+    doc_ids = list(ds.corpus)
+    query_ids = list(ds.queries)
+    rng.shuffle(query_ids)
+    pairs = []
+    for qid in query_ids:
+        judged = [d for d, g in ds.qrels.get(qid, {}).items() if g > 0][:docs_per_query]
+        picks = list(judged)
+        while len(picks) < min(docs_per_query, len(doc_ids)):
+            did = doc_ids[rng.randrange(len(doc_ids))]
+            if did not in picks:
+                picks.append(did)
+        pairs += [(ds.queries[qid], ds.corpus[did]) for did in picks]
+    return pairs
+
+
+def _file_pairs(path: Path) -> list[tuple[str, str]]:
+    import pyarrow as pa
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        elif suffix in (".jsonl", ".json"):
+            import pyarrow.json as pj
+
+            table = pj.read_json(path)
+        else:
+            raise EttinError(f"--data {path}: unsupported file type '{suffix}' (use .parquet or .jsonl)")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EttinError(f"--data {path}: cannot read it ({str(exc).splitlines()[0]})") from None
+    for column in ("query", "document"):
+        if column not in table.column_names:
+            raise EttinError(f"--data {path}: no '{column}' column (columns: {', '.join(table.column_names)})")
+    queries = table.column("query").to_pylist()
+    documents = table.column("document").to_pylist()
+    for row, (q, d) in enumerate(zip(queries, documents, strict=True)):
+        if not isinstance(q, str) or not q.strip():
+            raise EttinError(f"--data {path} row {row}: column 'query' is empty or not text")
+        if not isinstance(d, str):
+            raise EttinError(f"--data {path} row {row}: column 'document' is not text")
+    return list(zip(queries, documents, strict=True))
+
+
+# --------------------------------------------------------------------------------------------------- memory
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak: CUDA's allocator counter, or Linux's peak RSS (VmHWM, via /proc/self/clear_refs)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process-lifetime peak (documented in the JSON `memory_kind`)
+
+
+def peak_memory_bytes(device: str) -> tuple[int, str]:
+    """Peak memory since `reset_peak_memory` and what it measures."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "peak_rss"
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024), "peak_rss_lifetime"
+
+
+def default_memory_limit() -> int | None:
+    """80% of physical memory: the CPU batch search stops before the machine starts swapping."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _release(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def set_unpadded(scorer: Any, unpadded: bool) -> bool:
+    """Switch a loaded scorer between padded and unpadded (packed) batches; return what is now in effect.
+
+    mxbai-v2 teachers pack pairs into one row themselves (`packed`); Sentence Transformers models (students,
+    cross-encoders, bi-encoders) pack through their Transformer module's `unpad_inputs`, which only takes
+    effect under Flash Attention 2.
+    """
+    if getattr(scorer, "format", None) == "mxbai-v2":
+        scorer.packed = bool(unpadded)
+        return scorer.packed
+    model = getattr(scorer, "model", None)
+    module = model[0] if model is not None and len(model) else None
+    if module is None or not hasattr(module, "unpad_inputs"):
+        return False
+    module.unpad_inputs = bool(unpadded)
+    return bool(getattr(module, "can_flatten_inputs", False))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text
+
+
+def _timed_score(scorer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, device: str) -> float:
+    queries = [q for q, _ in pairs]
+    documents = [d for _, d in pairs]
+    _sync(device)
+    start = time.perf_counter()
+    scorer.score(queries, documents, batch_size=batch_size)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def find_batch_size(scorer: Any, pairs: Sequence[tuple[str, str]], device: str, *, start: int = 8,
+                    max_batch: int | None = None, memory_limit: int | None = None,
+                    min_probe_pairs: int = 256) -> tuple[int, list[dict[str, Any]]]:
+    """Double the batch size from `start`; return the fastest one and every probe.
+
+    Each probe warms up on one batch, then times `max(2 * batch, min_probe_pairs)` pairs (at most all of
+    them). It stops on out-of-memory (any device), at `max_batch`, once a batch would exceed the pairs, and,
+    on CPU only, when throughput stops rising or the peak RSS passes `memory_limit`. A GPU keeps doubling
+    until out of memory, as in the published method.
+    """
+    if start < 1:
+        raise EttinError(f"--start-batch-size must be at least 1, got {start}")
+    on_gpu = device.startswith("cuda")
+    probes: list[dict[str, Any]] = []
+    best_rate, best_bs = 0.0, None
+    bs = start
+    while max_batch is None or bs <= max_batch:
+        n = min(len(pairs), max(2 * bs, min_probe_pairs))
+        splits_before = getattr(getattr(scorer, "stats", None), "oom_splits", 0)
+        reset_peak_memory(device)
+        try:
+            _timed_score(scorer, pairs[:bs], bs, device)  # warm-up at this shape
+            seconds = _timed_score(scorer, pairs[:n], bs, device)
+        except (RuntimeError, MemoryError, EttinError) as exc:
+            if not _is_oom(exc):
+                raise
+            _release(device)
+            probes.append({"batch_size": bs, "status": "out of memory"})
+            break
+        if getattr(getattr(scorer, "stats", None), "oom_splits", 0) > splits_before:
+            # The scorer survived by splitting the batch: this batch size does not fit.
+            probes.append({"batch_size": bs, "status": "out of memory"})
+            _release(device)
+            break
+        rate = n / seconds
+        peak, _ = peak_memory_bytes(device)
+        probe = {"batch_size": bs, "pairs": n, "pairs_per_second": rate, "peak_memory_mb": peak / 2**20,
+                 "status": "ok"}
+        if not on_gpu and memory_limit is not None and peak > memory_limit:
+            probe["status"] = "memory limit"
+            probes.append(probe)
+            break
+        probes.append(probe)
+        improved = rate > best_rate
+        if improved:
+            best_rate, best_bs = rate, bs
+        if not on_gpu and not improved:
+            break  # CPU: throughput stopped rising
+        if bs >= len(pairs):
+            break  # a bigger batch would not be filled
+        bs *= 2
+    if best_bs is None:
+        raise EttinError(f"no batch size from {start} fits ({probes[-1]['status'] if probes else 'none tried'}); "
+                         "lower --start-batch-size or --max-length")
+    return best_bs, probes
+
+
+def measure(scorer: Any, pairs: Sequence[tuple[str, str]], device: str, *, passes: int = 3, start_batch: int = 8,
+            max_batch: int | None = None, memory_limit: int | None = None,
+            batch_size: int | None = None) -> dict[str, Any]:
+    """Batch-size search (unless `batch_size` is fixed), then `passes` timed passes; the median is kept."""
+    if passes < 1:
+        raise EttinError(f"--passes must be at least 1, got {passes}")
+    if batch_size is None:
+        batch_size, probes = find_batch_size(scorer, pairs, device, start=start_batch, max_batch=max_batch,
+                                             memory_limit=memory_limit)
+    else:
+        probes = []
+        _timed_score(scorer, pairs[:batch_size], batch_size, device)  # warm-up
+    splits_before = getattr(getattr(scorer, "stats", None), "oom_splits", 0)
+    reset_peak_memory(device)
+    rates = []
+    with console.progress(passes * len(pairs), "Timed passes", unit="pairs") as bar:
+        for _ in range(passes):
+            rates.append(len(pairs) / _timed_score(scorer, pairs, batch_size, device))
+            bar.advance(len(pairs))
+    peak, kind = peak_memory_bytes(device)
+    return {
+        "batch_size": batch_size,
+        "pairs": len(pairs),
+        "passes": rates,
+        "pairs_per_second": statistics.median(rates),
+        "peak_memory_mb": peak / 2**20,
+        "memory_kind": kind,
+        "oom_splits": getattr(getattr(scorer, "stats", None), "oom_splits", 0) - splits_before,
+        "batch_search": probes,
+    }
+
+
+def run_bench(
+    models: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    settings: Sequence[tuple[Setting, str | None]],
+    *,
+    formats: Sequence[str] = ("auto",),
+    device: str = "cpu",
+    max_length: int = 512,
+    passes: int = 3,
+    start_batch: int = 8,
+    max_batch: int | None = None,
+    memory_limit: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Time every model under every setting (skipped settings are recorded with their reason, not run)."""
+    from ettin_cli.hardware import describe
+    from ettin_cli.teacher import FORMATS, load_teacher
+
+    models = [str(m) for m in models]
+    if not models:
+        raise EttinError("give at least one MODEL to benchmark")
+    if max_length < 8:
+        raise EttinError(f"--max-length must be at least 8, got {max_length}")
+    formats = list(formats) or ["auto"]
+    if len(formats) not in (1, len(models)):
+        raise EttinError(f"--format given {len(formats)} times for {len(models)} models: give it once or once "
+                         "per model")
+    for fmt in formats:
+        if fmt not in ("auto", *FORMATS):
+            raise EttinError(f"--format must be auto or one of {', '.join(FORMATS)}, got '{fmt}'")
+    formats = formats * len(models) if len(formats) == 1 else formats
+    from ettin_cli.evaluation import model_labels, resolve_model
+
+    # Pre-flight: every model resolves (and has a known format) before any timing starts.
+    resolved = [resolve_model(model, fmt) for model, fmt in zip(models, formats, strict=True)]
+
+    rows: list[dict[str, Any]] = []
+    for model, label, (path, fmt) in zip(models, model_labels(models), resolved, strict=True):
+        for setting, reason in settings:
+            row: dict[str, Any] = {"model": label, "source": model, "format": fmt, "setting": setting.label,
+                                   **asdict(setting)}
+            if reason is not None:
+                rows.append({**row, "status": "skipped", "reason": reason})
+                console.logger.info("%s [%s]: skipped (%s)", label, setting.label, reason)
+                continue
+            scorer = load_teacher(path, fmt, device=device, dtype=setting.dtype, attn=setting.attn,
+                                  max_length=max_length)
+            active = set_unpadded(scorer, setting.unpadded)
+            if active != setting.unpadded:
+                rows.append({**row, "status": "skipped",
+                             "reason": "unpadded inputs are not available for this model/attention" if
+                             setting.unpadded else "this model cannot run padded batches here"})
+                del scorer
+                _release(device)
+                continue
+            console.logger.info("%s [%s]: searching the batch size, then %d timed passes", label, setting.label,
+                                passes)
+            result = measure(scorer, pairs, device, passes=passes, start_batch=start_batch, max_batch=max_batch,
+                             memory_limit=memory_limit, batch_size=batch_size)
+            rows.append({**row, "status": "ok", **result})
+            del scorer
+            _release(device)
+    return {
+        "device": device,
+        "max_length": max_length,
+        "pairs": len(pairs),
+        "passes": passes,
+        "hardware": describe(),
+        "results": rows,
+    }
+
+
+def bench_table(report: dict[str, Any]) -> Any:
+    """A rich table: one row per model and setting; skipped settings show their reason."""
+    from rich.table import Table
+
+    table = Table(title=f"Throughput on {report['device']}: {report['pairs']} pairs cut at {report['max_length']} "
+                        f"tokens, median of {report['passes']} passes")
+    for name, justify in (("model", "left"), ("setting", "left"), ("batch", "right"), ("pairs/s", "right"),
+                          ("passes (pairs/s)", "right"), ("peak memory", "right"), ("note", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in report["results"]:
+        if row["status"] != "ok":
+            table.add_row(row["model"], row["setting"], "-", "-", "-", "-", f"skipped: {row['reason']}")
+            continue
+        kind = "GPU" if row["memory_kind"].startswith("cuda") else "RSS"
+        note = f"{row['oom_splits']} OOM splits" if row.get("oom_splits") else ""
+        table.add_row(row["model"], row["setting"], str(row["batch_size"]), f"{row['pairs_per_second']:,.1f}",
+                      " / ".join(f"{r:,.1f}" for r in row["passes"]), f"{row['peak_memory_mb']:,.0f} MB {kind}",
+                      note)
+    return table
+
+
+def write_bench(report: dict[str, Any], output_dir: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """`bench.json` and, when at least one setting ran, `bench.png` under `output_dir` (atomic writes)."""
+    from ettin_cli.charts import bench_chart
+    from ettin_cli.files import write_json_atomic
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise EttinError(f"--output {out}: exists and is not a directory")
+    png = None
+    if any(r["status"] == "ok" for r in report["results"]):
+        png = out / "bench.png"
+        bench_chart(report["results"], png, title=f"Throughput on {report['device']} (max length "
+                                                  f"{report['max_length']})")
+    write_json_atomic(out / "bench.json", report)
+    return out / "bench.json", png

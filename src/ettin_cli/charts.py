@@ -1,0 +1,86 @@
+"""PNG charts of evaluation and benchmark results (matplotlib, headless Agg backend).
+
+Charts sit beside the JSON they are drawn from, so a reader sees at a glance what the numbers say: a grouped
+bar chart of NDCG@10 per dataset for every model (the retriever's bar is the line to beat), and a bar chart of
+pairs/s per model and precision/attention setting (the ablation). Written atomically like every output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ettin_cli.files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display on servers; never pick an interactive backend
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    plt = _pyplot()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+
+
+def eval_chart(entries: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], metric: str = "ndcg@10",
+               title: str | None = None) -> None:
+    """Grouped bars of `metric` per dataset (and the mean when there are several), one bar per model.
+
+    `entries` are the rows of an evaluation report: `{"model": label, "datasets": {name: {metric: v}},
+    "mean": {metric: v}}`, the retriever first.
+    """
+    plt = _pyplot()
+    if not entries:
+        raise ValueError("eval_chart: nothing to draw")
+    datasets = list(entries[0]["datasets"])
+    groups = datasets + (["mean"] if len(datasets) > 1 else [])
+    n_models = len(entries)
+    width = 0.8 / n_models
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, n_models) * 0.5 + 2), 4.2))
+    for i, entry in enumerate(entries):
+        values = [entry["datasets"][g][metric] if g != "mean" else entry["mean"][metric] for g in groups]
+        xs = [x + (i - (n_models - 1) / 2) * width for x in range(len(groups))]
+        bars = ax.bar(xs, values, width=width, label=str(entry["model"]),
+                      hatch="//" if entry.get("role") == "retriever" else None)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right"
+                  if len(groups) > 4 else "center")
+    ax.set_ylabel(metric.upper().replace("NDCG", "nDCG"))
+    top = max((e["mean"][metric] for e in entries), default=1.0)
+    top = max(top, *(e["datasets"][d][metric] for e in entries for d in datasets))
+    ax.set_ylim(0, min(1.0, top * 1.25 + 0.05))
+    ax.set_title(title or f"{metric} after reranking")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def bench_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str | None = None) -> None:
+    """Horizontal bars of pairs/s for each (model, setting) that ran; skipped settings are left out."""
+    plt = _pyplot()
+    done = [r for r in rows if r.get("status") == "ok"]
+    if not done:
+        raise ValueError("bench_chart: no measured setting to draw")
+    labels = [f"{r['model']}  [{r['setting']}]" for r in done]
+    values = [float(r["pairs_per_second"]) for r in done]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(done) + 1.4))
+    bars = ax.barh(range(len(done)), values)
+    ax.bar_label(bars, labels=[f"{v:,.1f} (bs {r['batch_size']})" for v, r in zip(values, done, strict=True)],
+                 fontsize=8, padding=3)
+    ax.set_yticks(range(len(done)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("pairs / second (median of timed passes)")
+    ax.set_xlim(0, max(values) * 1.3)
+    ax.set_title(title or "Inference throughput")
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

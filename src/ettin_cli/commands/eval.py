@@ -1,0 +1,75 @@
+"""`ettin eval`: rerank a first stage's top-k with one or more models; NDCG@10, MRR@10, Recall@k side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+HELP = (
+    "Rerank the retriever's top-k for every query and compare models in one table.\n\n"
+    'Reports NDCG@10, MRR@10 and Recall@k (ir-measures) per dataset and the mean, for every MODEL and for'
+    ' the retriever alone (the line a reranker must beat). MODEL is a student folder, a Hub id, or a '
+    'teacher in any score format (mxbai-v2, cross-encoder, bi-encoder), so a teacher and its students '
+    'compare in one table. Writes OUTPUT/eval.json (every number), OUTPUT/eval.png and TREC run files '
+    'under OUTPUT/runs/.\n\n'
+    'Examples:\n\n'
+    '  ettin eval out/17m/final --data ../shared/data/cranfield\n\n'
+    '  ettin eval mixedbread-ai/mxbai-rerank-large-v2 out/17m/final out/150m/final --data nanobeir\n\n'
+    '  ettin eval teacher/ student/ --format mxbai-v2 --format cross-encoder --data beir/ --top-k 100\n\n'
+    '  ettin eval out/17m/final --data beir/scifact --retriever sentence-transformers/all-MiniLM-L6-v2\n\n'
+    '  ettin eval teacher/ runs/17m/final --data beir/scifact --reference 1   # MSE/Spearman to the teacher\n'
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="eval", help=HELP)(eval_command)
+
+
+def eval_command(
+    models: list[str] = typer.Argument(..., metavar="MODEL...", help="Models to compare: folders or Hub ids."),
+    data: list[str] = typer.Option(..., "--data", "-d", help="A BEIR folder, a folder of BEIR folders, or "
+                                   "'nanobeir' / 'nanobeir:msmarco,nq' (Hub). Repeatable."),
+    retriever: str = typer.Option("bm25", "--retriever", help="First stage: 'bm25' or a bi-encoder "
+                                  "(Sentence Transformers folder or Hub id)."),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates per query to rerank (100 in every "
+                              "published figure)."),
+    formats: list[str] = typer.Option(["auto"], "--format", help="Score format: auto, mxbai-v2, cross-encoder "
+                                      "or bi-encoder. Once for all models, or once per model in order."),
+    output: Path = typer.Option(Path("eval"), "--output", "-o", help="Output folder for eval.json, eval.png "
+                                "and runs/."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per forward pass (default: a "
+                                          "token budget per batch)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Token cap per pair (default: the "
+                                          "model's own)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    attn: str = typer.Option("auto", "--attn", help="auto, sdpa, eager or flash_attention_2."),
+    reference: int | None = typer.Option(None, "--reference", help="Position (1-based) of the model the "
+                                         "others are compared to, usually the teacher: adds MSE and Spearman "
+                                         "of their scores against it on the same candidates."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
+) -> None:
+    import json
+    import sys
+
+    from ettin_cli.console import logger
+    from ettin_cli.errors import EttinError
+    from ettin_cli.evaluation import compare_models, report_tables
+
+    if batch_size is not None and batch_size < 1:
+        raise EttinError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_length is not None and max_length < 8:
+        raise EttinError(f"--max-length must be at least 8, got {max_length}")
+    report = compare_models(models, data, formats=formats, retriever=retriever, top_k=top_k, output_dir=output,
+                            device=device, dtype=dtype, attn=attn, max_length=max_length, batch_size=batch_size,
+                            reference=reference)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        for table in report_tables(report):
+            console.print(table)
+    logger.info("wrote %s and %s", output / "eval.json", output / "eval.png")

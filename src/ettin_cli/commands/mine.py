@@ -1,0 +1,76 @@
+"""`ettin mine`: first-stage candidates (BM25 or a bi-encoder) for every query of a corpus, sharded parquet."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+HELP = (
+    "Mine up to --top-k first-stage candidates per query from a corpus: the pool the teacher scores next.\n\n"
+    "The corpus is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or a parquet/jsonl/csv file or "
+    "folder with an id and a text column (a `title` column is joined to the text). Output: DIR/part-*.parquet "
+    "with query_id, query, doc_id, document, retriever_rank, retriever_score and, when qrels are given, "
+    "is_positive; judged positives the retriever missed are appended with an empty rank (--no-add-positives "
+    "to leave them out). With qrels the manifest reports recall@k.\n\n"
+    "Queries are processed in blocks (one shard each; reruns skip finished shards; torchrun or "
+    "--num-shards/--shard-index split the blocks across processes). The corpus is read in chunks of "
+    "--chunk-size documents, so it never has to fit in memory. Defaults come from recipes/data.yaml (mining).\n\n"
+    "Examples:\n\n"
+    "  ettin mine --corpus data/cranfield --output mined/cranfield --top-k 256\n\n"
+    "  ettin mine --corpus corpus.parquet --queries queries.parquet --qrels qrels.tsv --output mined/mine "
+    "--retriever sentence-transformers/all-MiniLM-L6-v2\n\n"
+    "  torchrun --nproc_per_node 8 -m ettin_cli mine --corpus corpus.jsonl --queries q.jsonl --output mined "
+    "--retriever Alibaba-NLP/gte-modernbert-base --top-k 2048"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="mine", help=HELP)(mine)
+
+
+def mine(
+    corpus: str = typer.Option(..., "--corpus", help="BEIR folder, or a parquet/jsonl/csv file or folder."),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder (sharded parquet + manifest.json)."),
+    queries: str | None = typer.Option(None, "--queries", help="Queries file/folder (default: the BEIR folder's "
+                                       "queries.jsonl)."),
+    qrels: str | None = typer.Option(None, "--qrels", help="Judgements, query-id<TAB>corpus-id<TAB>grade "
+                                     "(default: the BEIR folder's qrels/SPLIT.tsv when present)."),
+    split: str = typer.Option("test", "--split", help="Qrels split of a BEIR folder."),
+    retriever: str | None = typer.Option(None, "--retriever", help="bm25, or a Sentence Transformers bi-encoder "
+                                         "(folder or Hub id). Default: recipe (bm25)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Candidates per query (default: recipe, 2048)."),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", help="Corpus documents searched at a time."),
+    queries_per_shard: int | None = typer.Option(None, "--queries-per-shard", help="Queries per output shard."),
+    add_positives: bool | None = typer.Option(None, "--add-positives/--no-add-positives",
+                                              help="Append judged positives the retriever missed."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Bi-encoder batch size."),
+    device: str | None = typer.Option(None, "--device", help="Bi-encoder device (default: auto)."),
+    id_column: str | None = typer.Option(None, "--id-column", help="Corpus id column (table input)."),
+    text_column: str | None = typer.Option(None, "--text-column", help="Corpus text column (table input)."),
+    query_id_column: str | None = typer.Option(None, "--query-id-column", help="Query id column (table input)."),
+    query_text_column: str | None = typer.Option(None, "--query-text-column", help="Query text column."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of a different configuration."),
+    num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
+    shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
+) -> None:
+    from ettin_cli import mining, mixing
+
+    data, where = mixing.load_data_recipe(recipe)
+    defaults = mixing.section(data, "mining", where)
+    options = mining.MineOptions(
+        retriever=retriever or defaults.get("retriever", "bm25"),
+        top_k=top_k if top_k is not None else defaults.get("top_k", 2048),
+        chunk_size=chunk_size if chunk_size is not None else defaults.get("chunk_size", 1_000_000),
+        queries_per_shard=queries_per_shard if queries_per_shard is not None else defaults.get(
+            "queries_per_shard", 10_000),
+        add_positives=add_positives if add_positives is not None else bool(defaults.get("add_positives", True)),
+        batch_size=batch_size,
+        device=device,
+    ).validate()
+    inputs = mining.resolve_inputs(corpus, queries, qrels, split, id_column, text_column, query_id_column,
+                                   query_text_column)
+    summary = mining.mine(inputs, output, options, overwrite=overwrite, num_shards=num_shards,
+                          shard_index=shard_index)
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,96 @@
+"""`ettin train --size SIZE`: distil the teacher's scores into an Ettin student (MSE on raw logits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+HELP = (
+    "Train an Ettin reranker student by pointwise MSE on raw teacher scores (the six-size recipe).\n\n"
+    "Reads recipes/shared.yaml + recipes/SIZE.yaml (or --recipe FILE), trains with Sentence Transformers' "
+    "CrossEncoderTrainer, evaluates before, during (best checkpoint by mean NDCG@10) and after training, and writes "
+    "OUT/final/ (model + ettin_training.json + model card), OUT/metrics.json, OUT/training_curves.png and "
+    "checkpoints. Rerunning the same command into the same OUT resumes from the last complete checkpoint. "
+    "Multi-GPU / multi-node: launch with torchrun.\n\n"
+    "Examples:\n\n"
+    "  ettin train --size 150m --print-config\n\n"
+    "  ettin train --size 17m --data scored/ --eval-data ../shared/data/cranfield --output-dir runs/17m\n\n"
+    "  torchrun --nproc_per_node 8 -m ettin_cli train --size 1b --output-dir runs/1b\n\n"
+    "  ettin train --size 68m --data pairs.parquet --score-column teacher_logit --per-device-batch-size 64"
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="train", help=HELP)(train)
+
+
+def train(
+    size: str | None = typer.Option(None, "--size", help="Student size: 17m, 32m, 68m, 150m, 400m or 1b."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="A custom recipe YAML, merged over recipes/shared.yaml."),
+    data: list[str] | None = typer.Option(
+        None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a dataset "
+        "folder or a Hub data set id (all subsets concatenated). Default: the recipe's Hub data set."),
+    validation_data: list[str] | None = typer.Option(
+        None, "--validation-data", help="Held-out pairs for the eval loss (repeatable; same forms as --data). "
+        "Default: the Hub data set's validation split; none for local data."),
+    query_column: str | None = typer.Option(None, "--query-column", help="Column holding the query (default query)."),
+    document_column: str | None = typer.Option(None, "--document-column",
+                                               help="Column holding the document (default document)."),
+    score_column: str | None = typer.Option(None, "--score-column",
+                                            help="Column holding the raw teacher score (default score)."),
+    base_model: str | None = typer.Option(None, "--base-model", help="Backbone: Hub id or local folder "
+                                          "(default: the recipe's jhu-clsp/ettin-encoder-SIZE)."),
+    output_dir: str | None = typer.Option(None, "--output-dir", "-o",
+                                          help="Run folder (default runs/ettin-reranker-SIZE)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps "
+                                         "(default: one epoch)."),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak learning rate (default: recipe)."),
+    global_batch_size: int | None = typer.Option(None, "--global-batch-size",
+                                                 help="Pairs per optimizer step over all processes (default: recipe)."),
+    per_device_batch_size: int | None = typer.Option(
+        None, "--per-device-batch-size", help="Pairs per forward pass on each device; gradient accumulation keeps "
+        "the global batch (default: global // world size)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair "
+                                          "(default: recipe, 512)."),
+    eval_data: list[str] | None = typer.Option(
+        None, "--eval-data", help="Offline evaluation (repeatable): BEIR-layout folders, BM25 top-k reranked. "
+        "Default: NanoBEIR from the Hub."),
+    eval_top_k: int | None = typer.Option(None, "--eval-top-k", help="Candidates reranked per query (default 100)."),
+    eval_max_queries: int | None = typer.Option(None, "--eval-max-queries",
+                                                help="Evaluate only the first N judged queries of each set."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default: recipe, 12)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on an Ampere+ GPU, else fp32), float32, bfloat16."),
+    attn: str = typer.Option("auto", "--attn", help="auto (FA2 when available, else sdpa), sdpa, eager, "
+                             "flash_attention_2."),
+    dataloader_workers: int | None = typer.Option(
+        None, "--dataloader-workers", help="Data loader workers (default: recipe, 4; 0 beyond 8 processes)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Arrow cache folder for the data "
+                                         "(default: HF_DATASETS_CACHE)."),
+    resume: bool = typer.Option(False, "--resume", help="Require an existing run in --output-dir and continue it."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the resolved configuration as JSON and exit (loads nothing)."),
+) -> None:
+    from ettin_cli.training import TrainRequest, resolve_config
+
+    request = TrainRequest(
+        size=size, recipe_file=str(recipe) if recipe else None, data=data or None,
+        validation_data=validation_data or None, query_column=query_column, document_column=document_column,
+        score_column=score_column, base_model=base_model, output_dir=output_dir, max_steps=max_steps,
+        learning_rate=learning_rate, global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
+        max_length=max_length, eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries,
+        seed=seed, dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
+    )
+    config = resolve_config(request)
+    if print_config:
+        typer.echo(json.dumps(config, indent=2))
+        return
+    from ettin_cli.student import check_base_model
+    from ettin_cli.training import run_training
+
+    check_base_model(config["backbone"])
+    record = run_training(config)
+    after = (record.get("metrics") or {}).get("after") or {}
+    if "mean" in after:
+        typer.echo(f"mean NDCG@10 after training: {after['mean']:.4f} -> {Path(config['output_dir']) / 'final'}")

@@ -1,0 +1,675 @@
+"""Publishing to the Hugging Face Hub: a trained model folder, or `ettin score` outputs as a dataset.
+
+Everything that can be checked locally is checked before the first network call, so a bad push fails in
+seconds with one line and nothing uploaded: the repo id's shape, a token being available, the model loading
+as a `CrossEncoder` and scoring a smoke pair, every data shard matching its manifest checksum and row count.
+The result of that validation is an `UploadPlan` (paths in the repo, sizes, the card), which is what
+`--dry-run` prints and what `push` sends.
+
+A push is one commit (`HfApi.create_commit`): large files first go through huggingface_hub's normal
+large-file path (Xet when `hf_xet` is installed, else Git LFS) in batches that drive the progress bar, and
+only the final commit makes them visible, so a failure never leaves a half-updated repo. Each network step is
+retried with exponential backoff on transient errors (5xx, 408, 429, dropped connections); a rerun after a
+failure re-sends only what the Hub does not already hold. Auth and permission errors become one clear line.
+
+The token is handed to `HfApi` and nothing else: it is never logged, printed or written, and every error
+message is scrubbed of it before it reaches the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ettin_cli import __version__
+from ettin_cli.console import logger, progress
+from ettin_cli.errors import EttinError
+
+REPO_TYPES = ("model", "dataset")
+DEFAULT_LICENSE = "apache-2.0"
+TRAINING_RECORD = "ettin_training.json"
+CARD_NAME = "README.md"
+SMOKE_PAIR = ("what does a reranker do?", "A reranker scores each query and document pair for relevance.")
+# Statuses worth another try: the Hub or its storage was briefly unavailable or rate-limited us.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+UPLOAD_BATCH_FILES = 64
+UPLOAD_BATCH_BYTES = 512 * 1024 * 1024
+
+_REPO_ID = re.compile(r"^(?P<ns>[A-Za-z0-9][A-Za-z0-9_.-]*)/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+_CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------- small checks
+def validate_repo_id(repo_id: str) -> str:
+    """`ORG/NAME` as the Hub accepts it; anything else is a one-line error before any network call."""
+    repo_id = (repo_id or "").strip()
+    match = _REPO_ID.match(repo_id)
+    problem = None
+    if match is None:
+        problem = "expected ORG/NAME (letters, digits, '-', '_', '.'; one '/')"
+    elif "--" in repo_id or ".." in repo_id:
+        problem = "'--' and '..' are not allowed"
+    elif repo_id.endswith(".git"):
+        problem = "it must not end with .git"
+    elif len(match["name"]) > 96:
+        problem = "the name is longer than 96 characters"
+    if problem:
+        raise EttinError(f"--repo-id '{repo_id}': not a valid Hub repo id ({problem})")
+    return repo_id
+
+
+def validate_revision(revision: str | None) -> str:
+    """A branch name the Hub accepts (the branch is created from main when it does not exist)."""
+    if revision is None or revision == "":
+        return "main"
+    if (not _BRANCH.match(revision) or ".." in revision or revision.endswith(("/", ".lock"))
+            or "//" in revision or revision.startswith("refs/")):
+        raise EttinError(f"--revision '{revision}': not a valid branch name")
+    return revision
+
+
+def resolve_token(explicit: str | None = None) -> str:
+    """The token to push with: `--token`, else `HF_TOKEN`, else huggingface_hub's stored login.
+
+    Only its presence is checked here (locally); whether the Hub accepts it is known at the first call.
+    """
+    if explicit is not None and explicit.strip():
+        return explicit.strip()
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception as exc:  # e.g. a failed OIDC exchange: say so without echoing anything secret
+        raise EttinError(f"could not read the Hugging Face token ({type(exc).__name__})") from None
+    if not token:
+        raise EttinError("no Hugging Face token: set HF_TOKEN, pass --token, or run `hf auth login` "
+                         "(the token needs write access to the repo's namespace)")
+    return token
+
+
+def check_online() -> None:
+    """Refuse early when huggingface_hub is in offline mode (it would fail at the first request)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise EttinError("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: unset it to push to the Hub")
+
+
+def human_size(n: int) -> str:
+    """`35212345` -> `33.6 MiB`."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _kib(n: int) -> int:
+    """Progress counts whole kB; every file counts at least 1 so small files still move the bar."""
+    return max(1, math.ceil(n / 1024))
+
+
+def _card_metadata(card: str, what: str) -> dict[str, Any]:
+    """The YAML front matter of a card, which the Hub validates: a bad one is refused before uploading."""
+    import yaml
+
+    match = re.match(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)", card, flags=re.S)
+    if match is None:
+        return {}
+    try:
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 2}" if mark is not None else ""
+        raise EttinError(f"{what}{where}: invalid YAML front matter ({getattr(exc, 'problem', exc)})") from None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise EttinError(f"{what}: the YAML front matter must be a mapping")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file of the commit: a local file (`source`) or generated bytes (`content`, the cards)."""
+
+    path_in_repo: str
+    size: int
+    source: Path | None = None
+    content: bytes | None = None
+    note: str = ""
+
+
+@dataclass
+class UploadPlan:
+    """What one push sends: every file with its size, and the card; printed by `--dry-run`."""
+
+    repo_id: str
+    repo_type: str
+    files: list[PlannedFile]
+    card: str
+    card_note: str
+    commit_message: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def describe(self, revision: str = "main", private: bool = False) -> str:
+        """The dry-run report: target, each path with its exact size, the total, then the card."""
+        width = max(len(f.path_in_repo) for f in self.files)
+        lines = [f"dry run: nothing is contacted or uploaded. A push would make one commit to the "
+                 f"{self.repo_type} repo {self.repo_id} (branch {revision}"
+                 f"{', created private if new' if private else ''}): \"{self.commit_message}\"", ""]
+        lines.append(f"{'path in repo':<{width}}  {'bytes':>15}  {'size':>10}")
+        for f in self.files:
+            note = f"  ({f.note})" if f.note else ""
+            lines.append(f"{f.path_in_repo:<{width}}  {f.size:>15,d}  {human_size(f.size):>10}{note}")
+        lines.append("")
+        lines.append(f"total: {len(self.files)} files, {self.total_bytes:,d} bytes ({human_size(self.total_bytes)})")
+        lines.append("")
+        lines.append(f"----- {CARD_NAME} ({self.card_note}) -----")
+        lines.append(self.card.rstrip("\n"))
+        lines.append(f"----- end of {CARD_NAME} -----")
+        return "\n".join(lines) + "\n"
+
+
+def _local_files(folder: Path) -> list[Path]:
+    """Every regular file under `folder`, sorted, without hidden files/folders (.git, .cache, temp files)."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.is_file():
+            out.append(path)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- models
+def check_model(model_dir: Path) -> int:
+    """Load `model_dir` as a CrossEncoder (local files only) and score a smoke pair; return its parameter count.
+
+    The published models are single-score rerankers, so the smoke pair must give exactly one finite score.
+    """
+    import numpy as np
+
+    try:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(model_dir), device="cpu", local_files_only=True)
+        scores = np.asarray(model.predict([SMOKE_PAIR], show_progress_bar=False, convert_to_numpy=True))
+    except EttinError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise EttinError(f"{model_dir}: does not load as a sentence-transformers CrossEncoder ({reason[:300]})") \
+            from None
+    if scores.size != 1:
+        raise EttinError(f"{model_dir}: a reranker must give one score per pair, the smoke pair gave shape "
+                         f"{tuple(scores.shape)}")
+    if not np.isfinite(scores).all():
+        raise EttinError(f"{model_dir}: the smoke pair scored {float(scores.reshape(-1)[0])} (not finite)")
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def read_training_record(model_dir: Path) -> dict[str, Any] | None:
+    """`MODEL_DIR/ettin_training.json` (written by `ettin train`), or None when the folder has none."""
+    path = model_dir / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(info, dict):
+        raise EttinError(f"{path}: expected a JSON object")
+    return info
+
+
+def _same_lines(a: bytes, b: bytes | None) -> bool:
+    return b is not None and sorted(a.decode("utf-8", "replace").splitlines()) == sorted(
+        b.decode("utf-8", "replace").splitlines())
+
+
+def _render_card(info: dict[str, Any], repo_id: str | None, folder: Path) -> bytes:
+    from ettin_cli.model_card import render_model_card
+
+    record = dict(info)
+    if repo_id is not None:
+        record["model_id"] = repo_id
+    try:
+        return render_model_card(record).encode("utf-8")
+    except EttinError as exc:
+        raise EttinError(f"{folder / TRAINING_RECORD}: {exc}") from None
+
+
+def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool = False,
+                    commit_message: str | None = None, check: bool = True) -> UploadPlan:
+    """Validate a trained model folder and list what its push uploads.
+
+    The folder's own README.md is the card unless `replace_card`; without one (or with `replace_card`) the card
+    is rendered from `ettin_training.json` by `model_card.render_model_card`, with `model_id` set to the repo id
+    so the usage snippet names the published model.
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise EttinError(f"{folder}: not a directory (expected a trained model folder, e.g. OUT/final)")
+    repo_id = validate_repo_id(repo_id)
+    files = _local_files(folder)
+    if not files:
+        raise EttinError(f"{folder}: the folder is empty")
+    info = read_training_record(folder)
+
+    existing = folder / CARD_NAME
+    own_card = existing.read_bytes() if existing.is_file() else None
+    generated_here = None
+    if own_card is not None and info is not None and not replace_card:
+        # `ettin train` writes the card before the repo id is known (its usage snippet names a local path);
+        # an untouched copy of it is refreshed with the repo id, an edited one is the user's and is kept.
+        # Lines are compared as a multiset: the record is stored key-sorted, so tables may come out reordered.
+        with contextlib.suppress(EttinError):  # a record the renderer refuses cannot have made this card
+            generated_here = _render_card(info, None, folder)
+    if own_card is not None and not replace_card and not _same_lines(own_card, generated_here):
+        try:
+            card = own_card.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EttinError(f"{existing}: not valid UTF-8 text") from None
+        note = "the folder's own card, kept (use --replace-card to regenerate it)"
+    else:
+        if info is None:
+            raise EttinError(f"{folder / TRAINING_RECORD}: not found; it is needed to write the model card "
+                             "(push the output of `ettin train`, or put a README.md in the folder)")
+        card = _render_card(info, repo_id, folder).decode("utf-8")
+        if own_card is None:
+            note = "generated from ettin_training.json"
+        elif replace_card:
+            note = "regenerated from ettin_training.json, replacing the folder's README.md"
+        else:
+            note = "the card `ettin train` wrote, with the repo id filled in"
+    card_bytes = card.encode("utf-8")
+    _card_metadata(card, str(existing))
+    # The model check comes last: it is the slow one (imports torch, loads the weights).
+    parameters = None
+    if check:
+        parameters = check_model(folder)
+        logger.info(f"{folder}: loads as a CrossEncoder ({parameters:,} parameters) and scores a smoke pair")
+
+    planned = [PlannedFile(p.relative_to(folder).as_posix(), p.stat().st_size, source=p)
+               for p in files if p != existing]
+    planned.append(PlannedFile(CARD_NAME, len(card_bytes), content=card_bytes, note=note))
+    planned.sort(key=lambda f: f.path_in_repo)
+    size = (info or {}).get("size")
+    message = commit_message or (f"Upload Ettin reranker {size} with ettin-cli {__version__}" if size
+                                 else f"Upload reranker with ettin-cli {__version__}")
+    facts = {"model_dir": str(folder), "parameters": parameters, "size": size}
+    return UploadPlan(repo_id, "model", planned, card, note, message, facts)
+
+
+# ------------------------------------------------------------------------------------------- datasets
+@dataclass
+class ScoreDir:
+    """One verified `ettin score` output directory: its shards (in order), manifest and facts."""
+
+    config: str
+    path: Path
+    shards: list[Path]
+    manifest: dict[str, Any]
+    rows: int
+    columns: list[str]
+    teacher: str | None
+    sizes: list[int] = field(default_factory=list)
+
+
+def _split_config(spec: str | Path) -> tuple[str, Path]:
+    """`DIR` -> (DIR's name, DIR); `NAME=DIR` names the config explicitly."""
+    text = str(spec)
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        return name.strip(), Path(path)
+    path = Path(text)
+    return path.resolve().name, path
+
+
+def _teacher_of(*records: Any, depth: int = 0) -> str | None:
+    """The teacher a manifest (or run config) names: the first `teacher` key holding a string, or a mapping
+    with `teacher`/`model`/`name` inside, searched breadth-first a few levels deep."""
+    nested: list[Any] = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        value = record.get("teacher")
+        if isinstance(value, dict):
+            value = value.get("teacher") or value.get("model") or value.get("name")
+        if isinstance(value, str) and value:
+            return value
+        nested.extend(v for v in record.values() if isinstance(v, dict))
+    return _teacher_of(*nested, depth=depth + 1) if nested and depth < 3 else None
+
+
+def _manifest_shards(manifest: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise EttinError(f"{path}: the manifest lists no shards (is the `ettin score` run finished?)")
+    for i, entry in enumerate(shards):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(entry.get("sha256"), str):
+            raise EttinError(f"{path}: shard entry {i} needs a 'file' and a 'sha256'")
+        if Path(name).name != name or not name.endswith(".parquet"):
+            raise EttinError(f"{path}: shard entry {i} names '{name}', expected a parquet file in the directory")
+    return shards
+
+
+def verify_score_dir(spec: str | Path) -> ScoreDir:
+    """Check an `ettin score` output against its manifest: every shard present, size, sha256 and rows equal.
+
+    The manifest is read through `shards.read_manifest` (the sharded-output contract). The checksums are
+    recomputed from the bytes, as `shards.shard_paths` does, but shard by shard under a progress bar, since a
+    full dataset is many GB; each shard's row count comes from its parquet footer. All shards must share one
+    schema with a `score` column, or the subset would not load as one config.
+    """
+    import pyarrow.parquet as pq
+
+    from ettin_cli import shards as sharding
+    from ettin_cli.files import sha256_file
+
+    config, folder = _split_config(spec)
+    if not _CONFIG.match(config):
+        raise EttinError(f"{spec}: '{config}' is not a usable config name (letters, digits, '-', '_', '.'); "
+                         "name it explicitly with NAME=DIR")
+    if not folder.is_dir():
+        raise EttinError(f"{folder}: not a directory (expected an `ettin score` output directory)")
+    manifest_path = folder / sharding.MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise EttinError(f"{manifest_path}: not found (is the `ettin score` run finished? its manifest is "
+                         "written once every shard is done)")
+    manifest = sharding.read_manifest(folder)
+    entries = _manifest_shards(manifest, manifest_path)
+
+    paths = [folder / e["file"] for e in entries]
+    for path, entry in zip(paths, entries, strict=True):
+        if not path.is_file():
+            raise EttinError(f"{path}: listed in {manifest_path} but missing")
+        if isinstance(entry.get("bytes"), int) and path.stat().st_size != entry["bytes"]:
+            raise EttinError(f"{path}: {path.stat().st_size} bytes, {manifest_path.name} says {entry['bytes']} "
+                             "(the shard changed after scoring)")
+    sizes = [p.stat().st_size for p in paths]
+    rows = 0
+    schema = None
+    with progress(sum(_kib(n) for n in sizes), f"verify {config}", unit="kB") as bar:
+        for entry, path, size in zip(entries, paths, sizes, strict=True):
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                raise EttinError(f"{path}: sha256 {digest[:12]}... does not match {manifest_path.name} "
+                                 f"({entry['sha256'][:12]}...): the shard changed after scoring")
+            try:
+                meta = pq.read_metadata(path)
+            except Exception as exc:
+                raise EttinError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+            if isinstance(entry.get("rows"), int) and meta.num_rows != entry["rows"]:
+                raise EttinError(f"{path}: {meta.num_rows} rows, {manifest_path.name} says {entry['rows']}")
+            this = meta.schema.to_arrow_schema().remove_metadata()
+            if schema is None:
+                schema = this
+                if "score" not in schema.names:
+                    raise EttinError(f"{path}: no 'score' column (columns: {', '.join(schema.names)})")
+            elif not this.equals(schema):
+                raise EttinError(f"{path}: its columns differ from {paths[0].name} "
+                                 f"({', '.join(this.names)} vs {', '.join(schema.names)})")
+            rows += meta.num_rows
+            bar.advance(_kib(size))
+    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
+    total = totals.get("rows")
+    if isinstance(total, int) and total != rows:
+        raise EttinError(f"{manifest_path}: says {total} rows in all, the shards hold {rows}")
+    return ScoreDir(config, folder, paths, manifest, rows, list(schema.names) if schema else [],
+                    _teacher_of(manifest), sizes)
+
+
+def _size_category(rows: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    for bound, label in bounds:
+        if rows < bound:
+            return label
+    return "1B<n<10B"
+
+
+def render_dataset_card(repo_id: str, configs: list[ScoreDir], license: str = DEFAULT_LICENSE) -> str:
+    """The dataset README: YAML `configs` (one per source directory, `data/<config>/*.parquet`) and the facts.
+
+    The YAML is what makes `load_dataset(repo_id, config)` work; the body repeats the manifests' facts (rows,
+    shards, teacher, columns) so provenance is visible on the page.
+    """
+    from huggingface_hub import DatasetCardData
+
+    total = sum(c.rows for c in configs)
+    meta = DatasetCardData(
+        license=license,
+        language=["en"],
+        task_categories=["text-ranking"],
+        tags=["ettin", "reranking", "knowledge-distillation", "cross-encoder", "teacher-scores"],
+        size_categories=[_size_category(total)],
+        configs=[{"config_name": c.config, "data_files": [{"split": "train", "path": f"data/{c.config}/*.parquet"}]}
+                 for c in configs],
+    )
+    teachers = sorted({c.teacher for c in configs if c.teacher})
+    teacher_text = ", ".join(f"`{t}`" for t in teachers) if teachers else "the teacher named in each manifest"
+    name = repo_id.split("/", 1)[1]
+    lines = ["---", meta.to_yaml().rstrip("\n"), "---", "", f"# {name}", ""]
+    lines.append(
+        f"(query, document, score) pairs scored by the teacher reranker {teacher_text}, published with "
+        "ettin-cli for distilling Ettin rerankers: the students are trained by pointwise "
+        "MSE between their raw output and the `score` column, the teacher's raw logit (for mxbai-rerank-v2, "
+        "`logit(\"1\") - logit(\"0\")`, roughly -12 to 22), with no rescaling.")
+    lines += ["", f"{len(configs)} subset{'s' if len(configs) != 1 else ''} (one per source, so provenance "
+              f"stays visible), {total:,} rows in all, each a `train` split.", "", "## Subsets", "",
+              "| subset | rows | shards | teacher | columns |", "| --- | ---: | ---: | --- | --- |"]
+    for c in configs:
+        lines.append(f"| `{c.config}` | {c.rows:,} | {len(c.shards)} | {f'`{c.teacher}`' if c.teacher else '-'} "
+                     f"| {', '.join(c.columns)} |")
+    first = configs[0].config
+    lines += ["", "## Usage", "", "```python", "from datasets import load_dataset", "",
+              f'pairs = load_dataset("{repo_id}", "{first}", split="train")', "```", "",
+              "## Provenance", "",
+              "Each subset's `data/<subset>/manifest.json` is the manifest `ettin score` wrote for it: the "
+              "shards with their row counts and SHA-256 checksums, checked against the files before this upload.",
+              "", "## License", "", f"{license}", ""]
+    return "\n".join(lines)
+
+
+def plan_dataset_push(data_dirs: list[str | Path], repo_id: str, *, license: str = DEFAULT_LICENSE,
+                      commit_message: str | None = None) -> UploadPlan:
+    """Verify every source directory and list the dataset layout: shards, manifests and the card."""
+    repo_id = validate_repo_id(repo_id)
+    if not data_dirs:
+        raise EttinError("give at least one `ettin score` output directory")
+    configs: list[ScoreDir] = []
+    seen: dict[str, Path] = {}
+    for spec in data_dirs:
+        config, folder = _split_config(spec)
+        if config in seen:
+            raise EttinError(f"{folder}: config name '{config}' is already used by {seen[config]} "
+                             "(name one explicitly with NAME=DIR)")
+        seen[config] = folder
+    for spec in data_dirs:
+        configs.append(verify_score_dir(spec))
+    card = render_dataset_card(repo_id, configs, license)
+    _card_metadata(card, "dataset card")
+    files: list[PlannedFile] = []
+    for c in configs:
+        for shard, size in zip(c.shards, c.sizes, strict=True):
+            files.append(PlannedFile(f"data/{c.config}/{shard.name}", size, source=shard))
+        manifest = c.path / "manifest.json"
+        files.append(PlannedFile(f"data/{c.config}/manifest.json", manifest.stat().st_size, source=manifest))
+    card_bytes = card.encode("utf-8")
+    files.append(PlannedFile(CARD_NAME, len(card_bytes), content=card_bytes, note="dataset card, generated"))
+    total = sum(c.rows for c in configs)
+    message = commit_message or (f"Upload {len(configs)} scored subset{'s' if len(configs) != 1 else ''} "
+                                 f"({total:,} rows) with ettin-cli {__version__}")
+    facts = {"configs": {c.config: {"rows": c.rows, "shards": len(c.shards), "teacher": c.teacher}
+                         for c in configs}, "rows": total}
+    return UploadPlan(repo_id, "dataset", files, card, "generated", message, facts)
+
+
+# ------------------------------------------------------------------------------------------- the push
+@dataclass(frozen=True)
+class PushResult:
+    """Where the push landed."""
+
+    repo_url: str
+    commit_url: str
+    commit_oid: str
+    files: int
+    bytes: int
+    changed: bool = True
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status behind an exception, following `raise ... from` chains (LFS errors are wrapped)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    try:
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover - older huggingface_hub ships plain httpx
+        import httpx
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class _Pusher:
+    """Runs the network steps of one push with retries and turns failures into one-line errors."""
+
+    def __init__(self, plan: UploadPlan, token: str, endpoint: str, retries: int, backoff: float):
+        self.plan, self.token, self.endpoint = plan, token, endpoint
+        self.retries, self.backoff = retries, backoff
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.token, "***") if self.token else text
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except EttinError:
+                raise
+            except Exception as exc:
+                status = _status_of(exc)
+                transient = status in TRANSIENT_STATUS or (status is None and _is_network_error(exc))
+                if transient and attempt < attempts:
+                    delay = min(self.backoff * 2 ** (attempt - 1), 60.0)
+                    reason = f"HTTP {status}" if status else type(exc).__name__
+                    logger.warning(f"{what}: {reason}, retrying in {delay:g}s (attempt {attempt + 1}/{attempts})")
+                    time.sleep(delay)
+                    continue
+                raise EttinError(self.scrub(self.explain(what, exc, status, attempt))) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def explain(self, what: str, exc: BaseException, status: int | None, attempts: int) -> str:
+        repo = f"{self.plan.repo_type} repo {self.plan.repo_id}"
+        namespace = self.plan.repo_id.split("/")[0]
+        tail = "no partial commit was made"
+        if status == 401:
+            return (f"the Hub rejected the token (HTTP 401) while {what}: set a valid HF_TOKEN, pass --token, "
+                    f"or run `hf auth login`; {tail}")
+        if status == 403:
+            return (f"permission denied (HTTP 403) while {what} on {repo}: the token needs write access to "
+                    f"the namespace '{namespace}'; {tail}")
+        if status == 404:
+            return f"{repo} or its branch was not found (HTTP 404) while {what}; {tail}"
+        if status in TRANSIENT_STATUS:
+            return (f"the Hub kept failing (HTTP {status}, {attempts} attempts) while {what}; {tail}; rerun the "
+                    "same command to finish (files already uploaded are not sent again)")
+        if status is None and _is_network_error(exc):
+            return (f"could not reach the Hub at {self.endpoint} ({type(exc).__name__}) while {what}, "
+                    f"{attempts} attempts; {tail}")
+        server = str(getattr(exc, "server_message", "") or "").strip() or str(exc).strip()
+        first = server.splitlines()[0] if server else type(exc).__name__
+        code = f"HTTP {status}" if status else type(exc).__name__
+        return f"the Hub refused the push ({code}) while {what}: {first[:300]}; {tail}"
+
+
+def push(plan: UploadPlan, *, token: str, private: bool = False, revision: str | None = None,
+         retries: int = 5, backoff: float = 1.0, endpoint: str | None = None) -> PushResult:
+    """Send `plan` as a single commit: create the repo (and branch) if needed, upload, commit.
+
+    `private` makes a new repo private; pushing with `private` to an existing public repo is refused (the
+    files would become public). Large files are uploaded in batches before the commit (huggingface_hub's
+    `preupload_lfs_files`: Xet or Git LFS), then one `create_commit` makes them all visible at once.
+    """
+    check_online()
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    revision = validate_revision(revision)
+    api = HfApi(endpoint=endpoint, token=token, library_name="ettin-cli", library_version=__version__)
+    runner = _Pusher(plan, token, api.endpoint, retries, backoff)
+    repo_id, repo_type = plan.repo_id, plan.repo_type
+
+    repo_url = runner.call("creating the repo", lambda: api.create_repo(
+        repo_id, repo_type=repo_type, private=True if private else None, exist_ok=True))
+    if private:
+        info = runner.call("reading the repo's visibility", lambda: api.repo_info(repo_id, repo_type=repo_type))
+        if not getattr(info, "private", False):
+            raise EttinError(f"--private: {repo_type} repo {repo_id} already exists and is public; nothing was "
+                             "uploaded (make it private on the Hub first, or push without --private)")
+    if revision != "main":
+        runner.call(f"creating branch {revision}", lambda: api.create_branch(
+            repo_id, branch=revision, repo_type=repo_type, exist_ok=True))
+
+    operations = [CommitOperationAdd(f.path_in_repo, f.source if f.source is not None else f.content)
+                  for f in plan.files]
+    batches: list[list[Any]] = [[]]
+    batch_bytes = 0
+    for op, f in zip(operations, plan.files, strict=True):
+        if batches[-1] and (len(batches[-1]) >= UPLOAD_BATCH_FILES or batch_bytes + f.size > UPLOAD_BATCH_BYTES):
+            batches.append([])
+            batch_bytes = 0
+        batches[-1].append((op, f.size))
+        batch_bytes += f.size
+    logger.info(f"uploading {len(plan.files)} files ({human_size(plan.total_bytes)}) to {repo_url}")
+    total_kb = sum(_kib(f.size) for f in plan.files)
+    with progress(total_kb, "upload", unit="kB") as bar:
+        for i, batch in enumerate(batches, start=1):
+            ops = [op for op, _ in batch]
+            runner.call(f"uploading files (batch {i}/{len(batches)})", lambda ops=ops: api.preupload_lfs_files(
+                repo_id, additions=ops, repo_type=repo_type, revision=revision, free_memory=False))
+            bar.advance(sum(_kib(size) for _, size in batch))
+    head = runner.call("reading the branch head", lambda: api.repo_info(
+        repo_id, repo_type=repo_type, revision=revision)).sha
+    commit = runner.call("committing", lambda: api.create_commit(
+        repo_id, operations, commit_message=plan.commit_message, repo_type=repo_type, revision=revision))
+    # huggingface_hub drops files whose content the Hub already holds; when nothing is left it makes no commit.
+    changed = commit.oid != head
+    if not changed:
+        logger.info(f"{repo_id} (branch {revision}) already holds exactly these files: no new commit was made")
+    return PushResult(str(repo_url), commit.commit_url, commit.oid, len(plan.files), plan.total_bytes, changed)

@@ -1,0 +1,469 @@
+"""First-stage candidates for every query of a corpus (`ettin mine`): the pool the teacher later scores.
+
+The published retrieval subsets start from "up to 2048 candidates per query, first ranked by a bi-encoder"
+(RECIPE.md, "The data"). This module builds the same kind of pool from any corpus: BM25 (`bm25s`, through
+`retrieval.bm25_search`) or a Sentence Transformers embedder (`retrieval.dense_search`), top `--top-k` per query,
+one parquet row per (query, candidate): `query_id, query, doc_id, document, retriever_rank, retriever_score`
+and, when qrels are given, `is_positive`. Rows of a query are contiguous and best first, which is what
+`ettin select` streams on.
+
+Scale: the work is split into blocks of queries, one output shard per block (the resumable unit: a rerun skips
+blocks whose shard carries a valid completion record, and with `--num-shards/--shard-index` or torchrun each
+rank takes blocks `i % world_size`). Inside a block the corpus is read in chunks of `chunk_size` documents;
+each chunk is searched and its hits are merged into a running top-k per query, so memory holds one chunk of
+text plus the block's (queries x top_k) candidates, never the whole corpus. A corpus that fits in one chunk is
+read once for all blocks. For a dense retriever the merge across chunks is exact (scores are comparable); for
+BM25 each chunk has its own term statistics, so with more than one chunk the ranking approximates global BM25
+(raise `chunk_size` when the corpus fits in memory).
+
+Judged positives the retriever missed are appended after a query's candidates (`retriever_rank` null) when
+`add_positives` is on, so selection can keep "all positives"; recall@k in the manifest counts only what the
+retriever found.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ettin_cli import console
+from ettin_cli.beir import document_text
+from ettin_cli.console import logger
+from ettin_cli.errors import EttinError
+
+ID_COLUMNS = ("_id", "id", "doc_id", "docid", "corpus_id", "query_id", "qid")
+TEXT_COLUMNS = ("text", "document", "contents", "content", "passage", "body", "query")
+OUTPUT_COLUMNS = ("query_id", "query", "doc_id", "document", "retriever_rank", "retriever_score", "is_positive")
+
+SearchFn = Callable[[dict[str, str], dict[str, str], int], dict[str, list[tuple[str, float]]]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs: a BEIR folder, or a table (parquet / jsonl / csv file or folder) with an id and a text column.
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where (id, text) rows come from. BEIR jsonl rows join `title` and `text` the way `beir.py` does."""
+
+    path: Path
+    beir: bool = False
+    id_column: str | None = None
+    text_column: str | None = None
+    title_column: str | None = None
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class MineInputs:
+    corpus: TextSource
+    queries: TextSource
+    qrels: Path | None
+
+
+def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels: str | Path | None = None,
+                   split: str = "test", id_column: str | None = None, text_column: str | None = None,
+                   query_id_column: str | None = None, query_text_column: str | None = None) -> MineInputs:
+    """Work out corpus, queries and qrels from what the user gave; a BEIR folder supplies all three."""
+    corpus_path = Path(corpus)
+    if not corpus_path.exists():
+        raise EttinError(f"--corpus {corpus_path}: no such file or folder")
+    beir_dir = corpus_path.is_dir() and (corpus_path / "corpus.jsonl").is_file()
+    if beir_dir:
+        corpus_src = TextSource(corpus_path / "corpus.jsonl", beir=True)
+    elif corpus_path.name == "corpus.jsonl":
+        corpus_src = TextSource(corpus_path, beir=True)
+    else:
+        corpus_src = TextSource(corpus_path, id_column=id_column, text_column=text_column)
+    root = corpus_src.path.parent if corpus_src.beir else None
+    if queries is None:
+        if root is None or not (root / "queries.jsonl").is_file():
+            raise EttinError(f"--corpus {corpus_path} is not a BEIR folder with queries.jsonl: give --queries")
+        queries_src = TextSource(root / "queries.jsonl", beir=True)
+    else:
+        qpath = Path(queries)
+        if not qpath.exists():
+            raise EttinError(f"--queries {qpath}: no such file or folder")
+        if qpath.is_dir() and (qpath / "queries.jsonl").is_file():
+            qpath = qpath / "queries.jsonl"
+        # BEIR rows (`_id`, `text`) only inside a BEIR folder; any other file is a table with id/text columns.
+        beir = qpath.name == "queries.jsonl" and (qpath.parent / "corpus.jsonl").is_file() and not (
+            query_id_column or query_text_column)
+        queries_src = TextSource(qpath, beir=beir, id_column=query_id_column, text_column=query_text_column)
+    qrels_path: Path | None = None
+    if qrels is not None:
+        qrels_path = Path(qrels)
+        if not qrels_path.is_file():
+            raise EttinError(f"--qrels {qrels_path}: no such file")
+    elif root is not None and (root / "qrels" / f"{split}.tsv").is_file():
+        qrels_path = root / "qrels" / f"{split}.tsv"
+    return MineInputs(corpus_src, queries_src, qrels_path)
+
+
+def _iter_beir_rows(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, id, text) from a BEIR jsonl file, one line at a time."""
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EttinError(f"{path} line {line_no}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or row.get("_id") in (None, ""):
+                raise EttinError(f"{path} line {line_no}: a row needs an '_id' field")
+            yield line_no, str(row["_id"]), document_text(row)
+
+
+def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
+    if wanted:
+        if wanted not in names:
+            raise EttinError(f"{path}: no {what} column '{wanted}' (columns: {', '.join(names)})")
+        return wanted
+    for name in candidates:
+        if name in names:
+            return name
+    raise EttinError(f"{path}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(names)}); "
+                     f"name it with the {what} column option")
+
+
+def _iter_table_rows(src: TextSource, batch_size: int = 8192) -> Iterator[tuple[int, str, str]]:
+    """(row number, id, text) from a parquet/jsonl/csv table, read in batches through `tables`."""
+    from ettin_cli import tables
+
+    source = tables.open_input(src.path)
+    names = source.column_names
+    id_col = _pick(names, src.id_column, ID_COLUMNS, "id", src.path)
+    text_col = _pick(names, src.text_column, TEXT_COLUMNS, "text", src.path)
+    title_col = src.title_column or ("title" if "title" in names and text_col != "title" else None)
+    wanted = [id_col, text_col] + ([title_col] if title_col else [])
+    for start, batch in source.iter_batches(batch_size, columns=wanted):
+        ids = batch.column(id_col).to_pylist()
+        texts = tables.text_column(batch, text_col, start, str(src.path)).to_pylist()
+        titles = batch.column(title_col).to_pylist() if title_col else None
+        for i, (rid, text) in enumerate(zip(ids, texts, strict=True)):
+            if rid is None or str(rid) == "":
+                raise EttinError(f"{src.path} row {start + i}: empty id in column '{id_col}'")
+            text = "" if text is None else text
+            if titles is not None:
+                text = document_text({"title": titles[i], "text": text})
+            yield start + i, str(rid), text
+
+
+def iter_rows(src: TextSource) -> Iterator[tuple[int, str, str]]:
+    """(line/row number, id, text) from any supported source, streamed."""
+    return _iter_beir_rows(src.path) if src.beir else _iter_table_rows(src)
+
+
+def _where(src: TextSource, row: int) -> str:
+    return f"{src.path} {'line' if src.beir else 'row'} {row}"
+
+
+def read_queries(src: TextSource) -> dict[str, str]:
+    """All queries in input order (queries are small next to a corpus); empty or duplicate ids are errors."""
+    queries: dict[str, str] = {}
+    for row, qid, text in iter_rows(src):
+        if qid in queries:
+            raise EttinError(f"{_where(src, row)}: duplicate query id '{qid}'")
+        if not text.strip():
+            raise EttinError(f"{_where(src, row)}: query '{qid}' is empty")
+        queries[qid] = text
+    if not queries:
+        raise EttinError(f"{src.path}: no queries")
+    return queries
+
+
+def scan_corpus_ids(src: TextSource) -> set[str]:
+    """One pass over the corpus ids (texts are not kept): checks duplicates and empties, feeds qrels checks."""
+    ids: set[str] = set()
+    for row, did, _text in iter_rows(src):
+        if did in ids:
+            raise EttinError(f"{_where(src, row)}: duplicate document id '{did}'")
+        ids.add(did)
+    if not ids:
+        raise EttinError(f"{src.path}: the corpus is empty")
+    return ids
+
+
+def read_qrels(path: Path, queries: dict[str, str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
+    """`query-id<TAB>corpus-id<TAB>grade` (header optional); an id the corpus or queries lack is an error."""
+    import csv
+
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or (line_no == 1 and row[0].strip() in ("query-id", "query_id", "qid")):
+                continue
+            if len(row) < 3:
+                raise EttinError(f"{path} line {line_no}: expected 3 tab-separated columns "
+                                 f"(query-id, corpus-id, score), got {len(row)}")
+            qid, did, grade = row[0].strip(), row[1].strip(), row[2].strip()
+            try:
+                value = int(float(grade))
+            except ValueError:
+                raise EttinError(f"{path} line {line_no}: relevance '{grade}' is not a number") from None
+            if qid not in queries:
+                raise EttinError(f"{path} line {line_no}: query id '{qid}' is not among the queries")
+            if did not in doc_ids:
+                raise EttinError(f"{path} line {line_no}: document id '{did}' is not in the corpus")
+            qrels.setdefault(qid, {})[did] = value
+    return qrels
+
+
+def iter_corpus_chunks(src: TextSource, chunk_size: int) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(first global position, ids, texts) for consecutive chunks of at most `chunk_size` documents."""
+    ids: list[str] = []
+    texts: list[str] = []
+    start = 0
+    for _row, did, text in iter_rows(src):
+        ids.append(did)
+        texts.append(text)
+        if len(ids) >= chunk_size:
+            yield start, ids, texts
+            start += len(ids)
+            ids, texts = [], []
+    if ids:
+        yield start, ids, texts
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Search and merge.
+
+
+def make_search(retriever: str, *, batch_size: int = 64, device: str | None = None) -> tuple[SearchFn, str]:
+    """A search function for `bm25` or a bi-encoder (loaded once, reused for every chunk and block)."""
+    from ettin_cli import retrieval
+
+    if retriever.lower() == "bm25":
+        return (lambda corpus, queries, k: retrieval.bm25_search(corpus, queries, k)), "bm25"
+    from ettin_cli.hardware import resolve_device
+
+    model = retrieval._load_bi_encoder(retriever, resolve_device(device))
+
+    def search(corpus: dict[str, str], queries: dict[str, str], k: int) -> dict[str, list[tuple[str, float]]]:
+        return retrieval.dense_search(model, corpus, queries, k, batch_size=batch_size)
+
+    return search, retriever
+
+
+class RunningTopK:
+    """Per query, the best `k` (score, corpus position) seen so far; ties go to the earlier document."""
+
+    def __init__(self, query_ids: list[str], k: int):
+        self.k = k
+        self.scores = {q: np.empty(0, dtype=np.float64) for q in query_ids}
+        self.positions = {q: np.empty(0, dtype=np.int64) for q in query_ids}
+
+    def merge(self, qid: str, scores: np.ndarray, positions: np.ndarray) -> None:
+        all_scores = np.concatenate([self.scores[qid], scores])
+        all_pos = np.concatenate([self.positions[qid], positions])
+        order = np.lexsort((all_pos, -all_scores))[: self.k]
+        self.scores[qid], self.positions[qid] = all_scores[order], all_pos[order]
+
+    def referenced(self) -> set[int]:
+        return {int(p) for arr in self.positions.values() for p in arr}
+
+
+def search_block(search: SearchFn, block: dict[str, str], chunks: Iterator[tuple[int, list[str], list[str]]],
+                 top_k: int, needed_ids: set[str]) -> tuple[RunningTopK, dict[int, tuple[str, str]], dict[str, str]]:
+    """Search every corpus chunk for the block's queries and merge the hits into one top-k per query.
+
+    Returns the top-k, the (doc id, text) of every position still referenced, and the texts of `needed_ids`
+    (judged positives to append) met on the way.
+    """
+    top = RunningTopK(list(block), top_k)
+    docs: dict[int, tuple[str, str]] = {}
+    extra: dict[str, str] = {}
+    for start, ids, texts in chunks:
+        chunk = dict(zip(ids, texts, strict=True))
+        if len(chunk) != len(ids):
+            raise EttinError("the corpus has duplicate document ids")
+        local = {did: start + i for i, did in enumerate(ids)}
+        results = search(chunk, block, top_k)
+        for qid, hits in results.items():
+            if hits:
+                top.merge(qid, np.asarray([s for _, s in hits], dtype=np.float64),
+                          np.asarray([local[d] for d, _ in hits], dtype=np.int64))
+        keep = top.referenced()
+        docs = {p: v for p, v in docs.items() if p in keep}
+        for pos in keep:
+            if start <= pos < start + len(ids) and pos not in docs:
+                docs[pos] = (ids[pos - start], texts[pos - start])
+        for did in needed_ids.intersection(chunk):
+            extra[did] = chunk[did]
+    return top, docs, extra
+
+
+def block_table(block: dict[str, str], top: RunningTopK, docs: dict[int, tuple[str, str]],
+                qrels: dict[str, dict[str, int]] | None, extra_texts: dict[str, str], add_positives: bool) -> Any:
+    """The block's rows as an Arrow table, queries in input order, candidates best first."""
+    import pyarrow as pa
+
+    cols: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
+    for qid, qtext in block.items():
+        relevant = {d for d, g in (qrels or {}).get(qid, {}).items() if g > 0}
+        seen = set()
+        for rank, (score, pos) in enumerate(zip(top.scores[qid], top.positions[qid], strict=True), start=1):
+            did, text = docs[int(pos)]
+            seen.add(did)
+            row = (qid, qtext, did, text, rank, float(score), did in relevant)
+            for name, value in zip(OUTPUT_COLUMNS, row, strict=True):
+                cols[name].append(value)
+        if add_positives:
+            for did in sorted(relevant - seen):
+                row = (qid, qtext, did, extra_texts[did], None, None, True)
+                for name, value in zip(OUTPUT_COLUMNS, row, strict=True):
+                    cols[name].append(value)
+    schema = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id", pa.string()),
+                        ("document", pa.string()), ("retriever_rank", pa.int32()),
+                        ("retriever_score", pa.float32()), ("is_positive", pa.bool_())])
+    table = pa.Table.from_pydict(cols, schema=schema)
+    return table if qrels is not None else table.drop_columns(["is_positive"])
+
+
+def block_recall(block: dict[str, str], top: RunningTopK, docs: dict[int, tuple[str, str]],
+                 qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Sums for recall@k over the block's judged queries (macro: mean of per-query recall)."""
+    judged = 0
+    recall_sum = 0.0
+    found = total = 0
+    for qid in block:
+        relevant = {d for d, g in qrels.get(qid, {}).items() if g > 0}
+        if not relevant:
+            continue
+        retrieved = {docs[int(p)][0] for p in top.positions[qid]}
+        hit = len(relevant & retrieved)
+        judged += 1
+        recall_sum += hit / len(relevant)
+        found += hit
+        total += len(relevant)
+    return {"judged_queries": judged, "recall_sum": recall_sum, "positives_found": found, "positives_total": total}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command's library function.
+
+
+@dataclass
+class MineOptions:
+    """What `ettin mine` does; defaults from `recipes/data.yaml` (`mining:`)."""
+
+    retriever: str = "bm25"
+    top_k: int = 2048
+    chunk_size: int = 1_000_000
+    queries_per_shard: int = 10_000
+    add_positives: bool = True
+    batch_size: int = 64
+    device: str | None = None
+
+    def validate(self) -> MineOptions:
+        for name in ("top_k", "chunk_size", "queries_per_shard", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise EttinError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        return self
+
+
+def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwrite: bool = False,
+         num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
+    """Mine candidates for every query into sharded parquet under `output`; returns the run summary.
+
+    Resumable: shards already complete (valid completion record) are skipped. Returns the manifest summary
+    once every shard exists (on the rank that finishes last), else a partial summary of this rank's work.
+    """
+    from ettin_cli import shards
+    from ettin_cli.distributed import current_rank, owned
+
+    options.validate()
+    rank = current_rank(num_shards, shard_index)
+    queries = read_queries(inputs.queries)
+    qrels = None
+    needs_ids = inputs.qrels is not None
+    doc_ids = scan_corpus_ids(inputs.corpus) if needs_ids else None
+    if inputs.qrels is not None:
+        qrels = read_qrels(inputs.qrels, queries, doc_ids or set())
+    query_ids = list(queries)
+    n_blocks = (len(query_ids) + options.queries_per_shard - 1) // options.queries_per_shard
+    config = {
+        "step": "mine",
+        "corpus": str(inputs.corpus.path),
+        "corpus_bytes": _size(inputs.corpus.path),  # a changed corpus at the same path is a different run
+        "queries": str(inputs.queries.path),
+        "queries_bytes": _size(inputs.queries.path),
+        "qrels": str(inputs.qrels) if inputs.qrels else None,
+        "retriever": options.retriever,
+        "top_k": options.top_k,
+        "chunk_size": options.chunk_size,
+        "queries_per_shard": options.queries_per_shard,
+        "add_positives": options.add_positives,
+        "num_queries": len(query_ids),
+    }
+    out = Path(output)
+    shards.prepare_output(out, config, overwrite)
+    done = set(shards.completed_shards(out))
+    todo = [b for b in range(n_blocks) if owned(b, rank) and b not in done]
+    logger.info(f"mine: {len(query_ids):,} queries in {n_blocks} shard(s); {len(todo)} to do on rank "
+                f"{rank.rank}/{rank.world_size}, {len(done)} already complete")
+    if todo:
+        search, retriever_name = make_search(options.retriever, batch_size=options.batch_size,
+                                             device=options.device)
+        # A corpus that fits in one chunk is read once and kept for every block; a larger one streams per block.
+        first = list(itertools.islice(iter_corpus_chunks(inputs.corpus, options.chunk_size), 2))
+        cached = first if len(first) == 1 else None
+        del first
+        total = sum(len(query_ids[b * options.queries_per_shard:(b + 1) * options.queries_per_shard]) for b in todo)
+        with console.progress(total, "mine", unit="queries") as bar:
+            for b in todo:
+                block_ids = query_ids[b * options.queries_per_shard:(b + 1) * options.queries_per_shard]
+                block = {q: queries[q] for q in block_ids}
+                needed = set()
+                if qrels is not None and options.add_positives:
+                    needed = {d for q in block_ids for d, g in qrels.get(q, {}).items() if g > 0}
+                chunk_iter = iter(cached) if cached is not None else iter_corpus_chunks(inputs.corpus,
+                                                                                       options.chunk_size)
+                top, docs, extra = search_block(search, block, chunk_iter, options.top_k, needed)
+                table = block_table(block, top, docs, qrels, extra, options.add_positives)
+                record = {"queries": [b * options.queries_per_shard, b * options.queries_per_shard + len(block)],
+                          "retriever": retriever_name}
+                if qrels is not None:
+                    record.update(block_recall(block, top, docs, qrels))
+                shards.write_shard(out, b, table, record)
+                bar.advance(len(block_ids))
+    return finish(out, n_blocks, config, qrels is not None)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def finish(out: Path, n_blocks: int, config: dict[str, Any], has_qrels: bool) -> dict[str, Any]:
+    """Assemble the manifest once every shard is complete; the summary includes recall@k when judged."""
+    from ettin_cli import shards
+
+    records = shards.completed_shards(out)
+    summary: dict[str, Any] = {"shards": n_blocks, "shards_complete": len(records),
+                               "rows": sum(int(r.get("rows", 0)) for r in records.values())}
+    if has_qrels:
+        judged = sum(int(r.get("judged_queries", 0)) for r in records.values())
+        found = sum(int(r.get("positives_found", 0)) for r in records.values())
+        total = sum(int(r.get("positives_total", 0)) for r in records.values())
+        recall_sum = sum(float(r.get("recall_sum", 0.0)) for r in records.values())
+        summary[f"recall@{config['top_k']}"] = recall_sum / judged if judged else None
+        summary[f"recall@{config['top_k']}_micro"] = found / total if total else None
+        summary["judged_queries"] = judged
+    if len(records) == n_blocks:
+        shards.finalize_manifest(out, n_blocks, {"summary": summary})
+        summary["complete"] = True
+    else:
+        summary["complete"] = False
+    return summary

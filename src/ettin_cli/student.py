@@ -1,0 +1,173 @@
+"""The Ettin reranker student: a 5-module Sentence Transformers CrossEncoder on a ModernBERT backbone.
+
+The head is the recipe's (../shared/RECIPE.md): a plain `AutoModel` Transformer (not
+AutoModelForSequenceClassification, whose pooler reads padded positions and so cannot take packed inputs),
+CLS pooling, Dense(H, H, no bias, GELU), LayerNorm(H), Dense(H, 1, bias, identity) writing the `scores`
+output that CrossEncoder reads. The CrossEncoder activation is identity, so `predict` returns the raw logit
+on the teacher's scale, and the MSE loss compares raw numbers with raw teacher logits.
+
+Because the backbone is loaded with the `feature-extraction` task, Sentence Transformers' Transformer module
+packs text batches without padding (`DataCollatorWithFlattening` + flash-attn varlen kernels) whenever Flash
+Attention 2 is active; Pooling then reads CLS rows straight from the packed sequence (`cu_seq_lens_q`). The
+MSE loss calls `model.preprocess`, so training takes that unpadded path too. `check_unpadding` says (loudly)
+when FA2 was asked for but the packed path is not active. On CPU everything runs in fp32 with SDPA.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ettin_cli.console import logger
+from ettin_cli.errors import EttinError
+from ettin_cli.hardware import Precision
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+STUDENT_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Dense")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_base_model(base_model: str) -> str:
+    """Refuse a base model that is neither an existing local folder nor shaped like a Hub id (`owner/name`)."""
+    path = Path(base_model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise EttinError(f"--base-model {base_model}: not a model folder (no config.json in it)")
+        return str(path)
+    if base_model.startswith((".", "/", "~")) or not _HUB_ID.match(base_model):
+        raise EttinError(f"--base-model {base_model}: the path does not exist (and it is not a Hub id owner/name)")
+    return base_model
+
+
+def model_kwargs_for(precision: Precision, *, for_training: bool) -> dict[str, Any]:
+    """`model_kwargs` for loading the backbone with `precision`.
+
+    Training keeps fp32 master weights and gets bf16 from autocast (the trainer's `bf16=True`); Flash Attention
+    casts q/k/v to the autocast dtype, so packed FA2 works with fp32 weights. Inference loads weights in the
+    target dtype directly.
+    """
+    import torch
+
+    from ettin_cli.hardware import torch_dtype
+
+    dtype = torch.float32 if for_training else torch_dtype(precision.dtype)
+    return {"dtype": dtype, "attn_implementation": precision.attn}
+
+
+def build_student(
+    base_model: str,
+    *,
+    max_length: int,
+    precision: Precision,
+    seed: int = 12,
+    device: str = "cpu",
+    for_training: bool = True,
+) -> CrossEncoder:
+    """A fresh student: the backbone from `base_model` plus a newly initialised (seeded) 4-module head."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+
+    base_model = check_base_model(base_model)
+    if max_length < 8:
+        raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
+    try:
+        transformer = Transformer(
+            base_model,
+            transformer_task="feature-extraction",
+            model_kwargs=model_kwargs_for(precision, for_training=for_training),
+            processor_kwargs={"model_max_length": max_length},
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EttinError(f"--base-model {base_model}: could not load it ({first})") from None
+    hidden = transformer.get_embedding_dimension()
+    # The head is initialised from the run's seed, so two runs with the same seed start from the same weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = [
+            Pooling(hidden, pooling_mode="cls"),
+            Dense(hidden, hidden, bias=False, activation_function=torch.nn.GELU()),
+            LayerNorm(hidden),
+            Dense(hidden, 1, bias=True, activation_function=torch.nn.Identity(), module_output_name="scores"),
+        ]
+    model = CrossEncoder(modules=[transformer, *head], activation_fn=torch.nn.Identity(), device=device)
+    if not for_training and precision.dtype != "float32":
+        model.to(torch_dtype_of(precision))
+    check_student(model)
+    return model
+
+
+def torch_dtype_of(precision: Precision):
+    """The torch dtype of `precision` (helper kept here so callers need not import hardware and torch)."""
+    from ettin_cli.hardware import torch_dtype
+
+    return torch_dtype(precision.dtype)
+
+
+def load_student(path: str | Path, *, precision: Precision | None = None, device: str | None = None,
+                 max_length: int | None = None) -> CrossEncoder:
+    """Load a saved student (a `final/` folder or a checkpoint) in `precision` for inference."""
+    from sentence_transformers import CrossEncoder
+
+    path = Path(path)
+    if not (path / "modules.json").is_file():
+        raise EttinError(f"{path}: not a Sentence Transformers model folder (no modules.json)")
+    kwargs: dict[str, Any] = {}
+    if precision is not None:
+        kwargs["model_kwargs"] = model_kwargs_for(precision, for_training=False)
+    model = CrossEncoder(str(path), device=device, max_length=max_length, **kwargs)
+    check_student(model)
+    return model
+
+
+def check_student(model: CrossEncoder) -> None:
+    """Assert the recipe's structure: 5 modules in order, identity activation, one `scores` output."""
+    import torch
+
+    names = tuple(type(m).__name__ for m in model)
+    if names != STUDENT_MODULES:
+        raise EttinError(f"not an Ettin reranker student: modules are {', '.join(names)}, "
+                         f"expected {', '.join(STUDENT_MODULES)}")
+    if getattr(model[1], "pooling_mode", None) != "cls":
+        raise EttinError(f"not an Ettin reranker student: pooling is {model[1].pooling_mode!r}, expected 'cls'")
+    if model[4].module_output_name != "scores" or model[4].out_features != 1:
+        raise EttinError("not an Ettin reranker student: the last Dense must write one `scores` value")
+    if not isinstance(model.activation_fn, torch.nn.Identity):
+        raise EttinError(f"not an Ettin reranker student: activation is {type(model.activation_fn).__name__}, "
+                         "expected Identity (raw logits)")
+
+
+def unpadding_active(model: CrossEncoder) -> bool:
+    """True when the backbone runs Flash Attention 2 on packed (unpadded) text batches."""
+    transformer = model[0]
+    return (getattr(transformer.config, "_attn_implementation", None) == "flash_attention_2"
+            and bool(getattr(transformer, "can_flatten_inputs", False)))
+
+
+def check_unpadding(model: CrossEncoder, precision: Precision) -> bool:
+    """Warn loudly when FA2 + unpadded inputs were asked for but are not what the model runs; return the state.
+
+    Padded FA2 is slower than bf16 + SDPA at every size (RECIPE.md), so a silent fallback would waste most of
+    a GPU run; the warning names the actual attention and the likely fix.
+    """
+    active = unpadding_active(model)
+    if precision.unpadded and not active:
+        actual = getattr(model[0].config, "_attn_implementation", None)
+        logger.warning(
+            "!!! Flash Attention 2 with unpadded inputs was requested but is NOT active "
+            f"(attention: {actual}, packed inputs: {bool(getattr(model[0], 'can_flatten_inputs', False))}). "
+            "Training will run with padded batches and be several times slower. Check `ettin env`, "
+            "install flash-attn (make install TORCH=cuda) and use an Ampere-or-newer GPU. !!!")
+    elif active:
+        logger.info("attention: Flash Attention 2 on unpadded (packed) inputs")
+    return active
+
+
+def count_parameters(model: CrossEncoder) -> int:
+    """All parameters, backbone and head (the recipe's 'params (with head)')."""
+    return sum(p.numel() for p in model.parameters())

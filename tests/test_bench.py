@@ -1,0 +1,284 @@
+"""Throughput benchmark: settings plan, batch-size search, timed passes, and `ettin bench` on CPU."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ettin_cli import bench
+from ettin_cli.bench import (
+    ABLATION,
+    Setting,
+    bench_pairs,
+    find_batch_size,
+    measure,
+    plan_settings,
+    set_unpadded,
+)
+from ettin_cli.errors import EttinError
+
+# ------------------------------------------------------------------------------------------ settings plan
+
+
+def test_ablation_labels_are_the_published_four():
+    assert [s.label for s in ABLATION] == ["fp32+SDPA", "bf16+SDPA", "bf16+FA2 padded", "bf16+FA2 unpadded"]
+
+
+def test_ablation_on_cpu_skips_flash_attention_with_the_reason():
+    plan = plan_settings("cpu", ablation=True)
+    assert [s.label for s, _ in plan] == [s.label for s in ABLATION]
+    reasons = dict((s.label, r) for s, r in plan)
+    assert reasons["fp32+SDPA"] is None and reasons["bf16+SDPA"] is None
+    assert "needs a CUDA GPU" in reasons["bf16+FA2 padded"]
+    assert "needs a CUDA GPU" in reasons["bf16+FA2 unpadded"]
+
+
+def test_ablation_on_gpus_follows_the_hardware_facts():
+    """GPU logic tested on CPU: the capability and flash-attn presence are passed in."""
+    h100 = plan_settings("cuda:0", ablation=True, capability=(9, 0), fa2_available=True)
+    assert all(reason is None for _, reason in h100)
+    assert [s.unpadded for s, _ in h100] == [False, False, False, True]
+    no_fa2 = dict((s.label, r) for s, r in plan_settings("cuda:0", ablation=True, capability=(8, 0),
+                                                          fa2_available=False))
+    assert no_fa2["bf16+SDPA"] is None and "flash_attn package is not installed" in no_fa2["bf16+FA2 unpadded"]
+    t4 = dict((s.label, r) for s, r in plan_settings("cuda:0", ablation=True, capability=(7, 5),
+                                                      fa2_available=True))
+    assert t4["fp32+SDPA"] is None
+    assert "compute capability" in t4["bf16+SDPA"]
+
+
+def test_auto_and_padding_choices():
+    assert plan_settings("cpu") == [(Setting("float32", "sdpa", False), None)]
+    auto_gpu = plan_settings("cuda", capability=(9, 0), fa2_available=True)
+    assert auto_gpu == [(Setting("bfloat16", "flash_attention_2", True), None)]
+    both = plan_settings("cuda", ["bfloat16"], ["flash_attention_2", "sdpa"], "both", capability=(9, 0),
+                         fa2_available=True)
+    assert [s.label for s, _ in both] == ["bf16+FA2 padded", "bf16+FA2 unpadded", "bf16+SDPA"]
+    (setting, reason), = plan_settings("cpu", ["float32"], ["sdpa"], "unpadded")
+    assert setting.unpadded and "need --attn flash_attention_2" in reason
+    with pytest.raises(EttinError, match="--padding"):
+        plan_settings("cpu", padding="sideways")
+    with pytest.raises(EttinError, match="--dtype"):
+        plan_settings("cpu", ["int3"])
+
+
+# -------------------------------------------------------------------------------------------------- pairs
+
+
+def test_bench_pairs_from_beir_are_real_and_seeded(cranfield_dir, cranfield):
+    pairs = bench_pairs(cranfield_dir, 50, seed=1)
+    assert len(pairs) == 50 and pairs == bench_pairs(cranfield_dir, 50, seed=1)
+    assert pairs != bench_pairs(cranfield_dir, 50, seed=2)
+    queries, documents = set(cranfield.queries.values()), set(cranfield.corpus.values())
+    assert all(q in queries and d in documents for q, d in pairs)
+
+
+def test_bench_pairs_from_a_parquet_file(cranfield_pairs_parquet, cranfield_pairs, tmp_path):
+    pairs = bench_pairs(cranfield_pairs_parquet, len(cranfield_pairs) + 5)
+    assert len(pairs) == len(cranfield_pairs) + 5  # fewer rows than asked: pairs repeat
+    assert set(pairs) == {(r["query"], r["document"]) for r in cranfield_pairs}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"query": ["q"], "text": ["d"]}), bad)
+    with pytest.raises(EttinError, match="no 'document' column"):
+        bench_pairs(bad, 4)
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"query": ["q", " "], "document": ["d", "e"]}), empty)
+    with pytest.raises(EttinError, match="row 1: column 'query' is empty"):
+        bench_pairs(empty, 4)
+    with pytest.raises(EttinError, match="no such file or folder"):
+        bench_pairs(tmp_path / "nowhere", 4)
+    with pytest.raises(EttinError, match="--num-pairs"):
+        bench_pairs(cranfield_pairs_parquet, 0)
+
+
+# ------------------------------------------------------------------------------------ batch-size search
+
+
+class FakeClock:
+    """Stands in for `time.perf_counter` inside `ettin_cli.bench`, so timings are exact and instant."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class FakeScorer:
+    """Costs `per_pair(batch_size)` seconds per pair on the fake clock: the fastest batch size is known."""
+
+    def __init__(self, clock: FakeClock, per_pair, oom_from: int | None = None, split_from: int | None = None):
+        self.clock, self.per_pair, self.oom_from, self.split_from = clock, per_pair, oom_from, split_from
+        self.stats = SimpleNamespace(oom_splits=0)
+        self.calls: list[int] = []
+
+    def score(self, queries, documents, batch_size=None):
+        import torch
+
+        self.calls.append(batch_size)
+        if self.oom_from is not None and batch_size >= self.oom_from:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.split_from is not None and batch_size >= self.split_from:
+            self.stats.oom_splits += 1
+        self.clock.now += len(queries) * self.per_pair(batch_size)
+        return np.zeros(len(queries), dtype=np.float32)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(bench, "time", fake)
+    return fake
+
+
+PAIRS = [("q", "d")] * 128
+
+
+def test_cpu_search_stops_when_throughput_stops_rising(clock):
+    scorer = FakeScorer(clock, lambda bs: {8: 2e-3, 16: 1e-3, 32: 5e-4}.get(bs, 2e-3))
+    best, probes = find_batch_size(scorer, PAIRS, "cpu", min_probe_pairs=32)
+    assert best == 32
+    assert [p["batch_size"] for p in probes] == [8, 16, 32, 64]  # 64 was slower: the search stopped there
+    assert all(p["status"] == "ok" for p in probes)
+
+
+def test_cpu_search_respects_the_cap_and_the_memory_limit(clock, monkeypatch):
+    scorer = FakeScorer(clock, lambda bs: 8e-3 / bs)
+    best, probes = find_batch_size(scorer, PAIRS, "cpu", max_batch=16, min_probe_pairs=32)
+    assert best == 16 and [p["batch_size"] for p in probes] == [8, 16]
+    monkeypatch.setattr(bench, "peak_memory_bytes", lambda device: (1000 * scorer.calls[-1], "peak_rss"))
+    best, probes = find_batch_size(scorer, PAIRS, "cpu", memory_limit=20_000, min_probe_pairs=32)
+    assert best == 16 and probes[-1] == {**probes[-1], "batch_size": 32, "status": "memory limit"}
+    with pytest.raises(EttinError, match="no batch size"):
+        find_batch_size(scorer, PAIRS, "cpu", memory_limit=10, min_probe_pairs=32)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Run the GPU branch of the search on CPU: no-op synchronisation and a fake allocator peak."""
+    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    monkeypatch.setattr(bench, "reset_peak_memory", lambda device: None)
+    monkeypatch.setattr(bench, "peak_memory_bytes", lambda device: (2**30, "cuda_max_memory_allocated"))
+    monkeypatch.setattr(bench, "_release", lambda device: None)
+
+
+def test_gpu_search_doubles_until_out_of_memory(fake_cuda, clock):
+    """On GPU a slower batch size does not stop the search (only OOM does); the fastest probe wins."""
+    scorer = FakeScorer(clock, lambda bs: {8: 2e-3, 16: 5e-4, 32: 1.5e-3}.get(bs, 1e-3), oom_from=64)
+    best, probes = find_batch_size(scorer, PAIRS, "cuda:0", min_probe_pairs=32)
+    assert best == 16
+    assert [(p["batch_size"], p["status"]) for p in probes] == [(8, "ok"), (16, "ok"), (32, "ok"),
+                                                                (64, "out of memory")]
+    split = FakeScorer(clock, lambda bs: 8e-3 / bs, split_from=32)  # the scorer survived by splitting: counts as OOM
+    best, probes = find_batch_size(split, PAIRS, "cuda:0", min_probe_pairs=32)
+    assert best == 16 and probes[-1]["status"] == "out of memory"
+
+
+def test_measure_keeps_the_median_of_three_passes(fake_cuda, clock):
+    costs = iter([1e-4, 3e-4, 1e-4, 2e-4])  # warm-up, then passes at 3333, 10000 and 5000 pairs/s
+    scorer = FakeScorer(clock, lambda bs: next(costs))
+    result = measure(scorer, PAIRS[:40], "cuda:0", passes=3, batch_size=8)
+    assert result["passes"] == pytest.approx([40 / (40 * 3e-4), 40 / (40 * 1e-4), 40 / (40 * 2e-4)])
+    assert result["pairs_per_second"] == pytest.approx(5000)
+    assert result["batch_size"] == 8 and result["pairs"] == 40 and result["batch_search"] == []
+    assert scorer.calls == [8, 8, 8, 8]  # warm-up + three passes
+    assert result["memory_kind"] == "cuda_max_memory_allocated" and result["peak_memory_mb"] == 1024
+
+
+# ---------------------------------------------------------------------------------------------- padding
+
+
+def test_set_unpadded_switches_the_teacher_packing_without_changing_scores(tiny_qwen2_teacher_path, cranfield_pairs):
+    """The packed (FA2 production) path of the mxbai-v2 teacher, exercised on CPU: same scores as padded."""
+    from ettin_cli.teacher import load_teacher
+
+    teacher = load_teacher(str(tiny_qwen2_teacher_path), device="cpu", max_length=256)
+    queries = [r["query"] for r in cranfield_pairs[:6]]
+    documents = [r["document"] for r in cranfield_pairs[:6]]
+    assert set_unpadded(teacher, False) is False
+    padded = teacher.score(queries, documents, batch_size=6)
+    assert set_unpadded(teacher, True) is True
+    packed = teacher.score(queries, documents, batch_size=6)
+    np.testing.assert_allclose(packed, padded, atol=1e-4)
+
+
+def test_set_unpadded_on_a_student_needs_flash_attention(tiny_student_path):
+    from ettin_cli.teacher import load_teacher
+
+    student = load_teacher(str(tiny_student_path), device="cpu")
+    assert set_unpadded(student, True) is False  # SDPA on CPU: ST cannot flatten inputs, so run_bench skips
+    assert set_unpadded(student, False) is False
+    assert student.model[0].unpad_inputs is False
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(args, capsys):
+    from ettin_cli.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_bench_cli_on_cpu_prints_the_table(tiny_student_path, tiny_qwen2_teacher_path, cranfield_dir, tmp_path,
+                                           capsys):
+    out = tmp_path / "bench"
+    code, stdout, err = run_cli(["-q", "bench", str(tiny_student_path), str(tiny_qwen2_teacher_path), "--data",
+                                 str(cranfield_dir), "--num-pairs", "16", "--max-batch-size", "16", "--device",
+                                 "cpu", "--dtype", "float32", "--attn", "sdpa", "--attn", "flash_attention_2",
+                                 "--max-length", "256", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "fp32+SDPA" in stdout and "pairs/s" in stdout and "skipped" in stdout
+    report = json.loads((out / "bench.json").read_text())
+    assert report["device"] == "cpu" and report["pairs"] == 16 and report["max_length"] == 256
+    rows = report["results"]
+    assert [(r["model"], r["setting"], r["status"]) for r in rows] == [
+        (tiny_student_path.name, "fp32+SDPA", "ok"), (tiny_student_path.name, "fp32+FA2 padded", "skipped"),
+        (tiny_qwen2_teacher_path.name, "fp32+SDPA", "ok"), (tiny_qwen2_teacher_path.name, "fp32+FA2 padded", "skipped")]
+    for row in rows:
+        if row["status"] == "skipped":
+            assert "CUDA GPU" in row["reason"]
+            continue
+        assert row["format"] in ("cross-encoder", "mxbai-v2")
+        assert len(row["passes"]) == 3 and row["pairs_per_second"] == statistics.median(row["passes"])
+        assert row["batch_size"] in (8, 16)
+        assert row["batch_size"] == max((p for p in row["batch_search"] if p["status"] == "ok"),
+                                        key=lambda p: p["pairs_per_second"])["batch_size"]
+        assert all(p["batch_size"] <= 16 for p in row["batch_search"])
+        assert row["peak_memory_mb"] > 0 and row["memory_kind"].startswith("peak_rss")
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("case", ["unknown model", "empty queries", "missing data", "bad batch cap"])
+def test_bench_cli_refuses_bad_input_with_one_line(case, tiny_student_path, cranfield, tmp_path, capsys):
+    from test_evaluation import write_beir
+
+    model, data, extra = str(tiny_student_path), tmp_path / "data", []
+    queries = dict(list(cranfield.queries.items())[:3])
+    if case == "unknown model":
+        write_beir(data, dict(list(cranfield.corpus.items())[:5]), queries, None)
+        model, expected = "./no/such/model", "no/such/model"
+    elif case == "empty queries":
+        write_beir(data, dict(list(cranfield.corpus.items())[:5]), {**queries, "x": ""}, None)
+        expected = "empty queries"
+    elif case == "missing data":
+        expected = "no such file or folder"
+    else:
+        write_beir(data, dict(list(cranfield.corpus.items())[:5]), queries, None)
+        extra, expected = ["--max-batch-size", "4"], "--max-batch-size (4) is below --start-batch-size (8)"
+    out = tmp_path / "out"
+    code, _, err = run_cli(["bench", model, "--data", str(data), "--device", "cpu", "-o", str(out), *extra], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err and not (out / "bench.json").exists()

@@ -1,0 +1,582 @@
+"""`ettin train`: the recipe resolved for six sizes, a real distillation run, outputs, resume, torchrun, bad input.
+
+The training runs use the tiny ModernBERT backbone, real Cranfield pairs scored by the real all-MiniLM-L6-v2
+(bi-encoder teacher, through `ettin score`'s own library call), and a small test recipe (`--recipe`) whose cadence
+is coarser than the production 5%, so a run of 8 steps evaluates 4 times instead of 8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, make_pairs
+
+from ettin_cli.beir import BeirDataset
+from ettin_cli.cli import main
+from ettin_cli.errors import EttinError
+from ettin_cli.training import (
+    CHECKPOINT_RECORD,
+    TrainRequest,
+    _training_args,
+    bind_output_dir,
+    checkpoint_problem,
+    load_pairs,
+    make_nanobeir_evaluator,
+    resolve_config,
+    run_training,
+    training_arguments,
+)
+
+RECIPE_MD = REPO_ROOT.parent / "shared" / "RECIPE.md"
+SIZES = ["17m", "32m", "68m", "150m", "400m", "1b"]
+STEPS = 8
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def recipe_md_table() -> dict[str, dict[str, str]]:
+    """The students table of RECIPE.md, parsed independently of the recipes/ YAML files."""
+    if not RECIPE_MD.is_file():
+        pytest.skip(f"{RECIPE_MD} not found")
+    rows = {}
+    for line in RECIPE_MD.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in SIZES:
+            rows[cells[0]] = dict(zip(["size", "hidden", "layers", "params", "lr", "batch"], cells, strict=True))
+    assert sorted(rows, key=SIZES.index) == SIZES
+    return rows
+
+
+def weights(path: Path) -> dict:
+    """Every tensor of a saved student (backbone safetensors + the head modules' safetensors)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(path.rglob("*.safetensors")):
+        for k, v in load_file(str(f)).items():
+            out[f"{f.relative_to(path).parent}/{k}"] = v
+    return out
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+    assert worst <= atol, f"max weight difference {worst}"
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def teacher(minilm_path):
+    from ettin_cli.teacher import load_teacher
+
+    return load_teacher(str(minilm_path), "bi-encoder", device="cpu", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def scored(cranfield, teacher, tmp_path_factory):
+    """Cranfield pairs labelled by the teacher: training pairs as an `ettin score` folder, and held-out pairs
+    from other queries (with their teacher scores) for the distillation check."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ettin_cli.scoring import ScoreJob, run_score
+
+    root = tmp_path_factory.mktemp("scored")
+    train_rows = make_pairs(cranfield, n_queries=24, negatives_per_query=3, seed=3)
+    later = cranfield.judged_queries[24:36]
+    held_view = BeirDataset(cranfield.name, cranfield.corpus, {q: cranfield.queries[q] for q in later},
+                            {q: cranfield.qrels[q] for q in later})
+    held = make_pairs(held_view, n_queries=12, negatives_per_query=3, seed=4)
+    pq.write_table(pa.Table.from_pylist(train_rows), root / "pairs.parquet")
+    result = run_score(ScoreJob(input=str(root / "pairs.parquet"), output=root / "score_dir", teacher=teacher,
+                                rows_per_shard=64, device="cpu"))
+    assert result.manifest is not None
+    held_scores = teacher.score([r["query"] for r in held], [r["document"] for r in held])
+    pq.write_table(pa.Table.from_pylist([{"query": r["query"], "document": r["document"], "score": float(v)}
+                                         for r, v in zip(held, held_scores, strict=True)]), root / "held.parquet")
+    return {"dir": root / "score_dir", "rows": len(train_rows), "held": held, "held_scores": held_scores,
+            "held_path": root / "held.parquet", "root": root}
+
+
+@pytest.fixture(scope="module")
+def test_recipe(tiny_modernbert_path, tmp_path_factory) -> Path:
+    """The shared recipe with a tiny backbone, a higher learning rate for 8 steps and a 25% cadence."""
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(
+        "size: tiny\n"
+        f"model:\n  backbone: {tiny_modernbert_path}\n  hidden_size: 32\n  max_length: 64\n"
+        "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps_ratio: 0.25\n"
+        "  save_steps_ratio: 0.25\n  logging_steps_ratio: 0.125\n  dataloader_num_workers: 0\n",
+        encoding="utf-8")
+    return path
+
+
+def train_request(test_recipe, scored, cranfield_dir, out: Path, **kw) -> TrainRequest:
+    base = dict(recipe_file=str(test_recipe), data=[str(scored["dir"])], validation_data=[str(scored["held_path"])],
+                output_dir=str(out), max_steps=STEPS,
+                eval_data=[str(cranfield_dir)], eval_top_k=10, eval_max_queries=8,
+                cache_dir=str(scored["root"] / "cache"))
+    base.update(kw)
+    return TrainRequest(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(test_recipe, scored, cranfield_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    record = run_training(config)
+    return {"out": out, "config": config, "record": record}
+
+
+# ------------------------------------------------------------------------------------- config resolution
+
+
+def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    table = recipe_md_table()
+    for size in SIZES:
+        code, out, err = run_cli(["train", "--size", size, "--print-config"], capsys)
+        assert code == 0, err
+        cfg = json.loads(out)
+        row = table[size]
+        assert cfg["backbone"] == f"jhu-clsp/ettin-encoder-{size}"
+        assert cfg["learning_rate"] == float(row["lr"])
+        assert cfg["global_batch_size"] == int(row["batch"])
+        assert cfg["architecture"]["hidden_size"] == int(row["hidden"])
+        assert cfg["architecture"]["num_layers"] == int(row["layers"])
+        assert cfg["architecture"]["parameters"] == row["params"]
+        # the same for every size (RECIPE.md "Same for all sizes")
+        assert cfg["world_size"] == 1 and cfg["per_device_batch_size"] == int(row["batch"])
+        assert cfg["gradient_accumulation_steps"] == 1
+        assert cfg["num_train_epochs"] == 1 and cfg["max_steps"] is None
+        assert cfg["warmup_ratio"] == 0.03 and cfg["lr_scheduler_type"] == "linear"
+        assert cfg["seed"] == 12
+        assert cfg["precision"]["recipe"] == "bf16 + flash_attention_2"
+        assert cfg["precision"]["dtype"] == "float32" and cfg["precision"]["attn"] == "sdpa"  # this CPU box
+        cad = cfg["cadence"]
+        assert (cad["eval_steps_ratio"], cad["save_steps_ratio"], cad["logging_steps_ratio"]) == (0.05, 0.05, 0.025)
+        assert cad["save_total_limit"] == 5 and cad["logging_first_step"] and cad["load_best_model_at_end"]
+        assert cad["metric_for_best_model"] == "eval_NanoBEIR_R100_mean_ndcg@10"
+        assert cfg["dataloader_num_workers"] == 4
+        assert cfg["teacher"] == "mixedbread-ai/mxbai-rerank-large-v2"
+        assert cfg["data"]["train"] == ["cross-encoder/ettin-reranker-v1-data"]
+        assert cfg["data"]["eval_split"] == "validation"
+        ev = cfg["evaluation"]
+        assert ev["benchmark"] == "nanobeir" and len(ev["datasets"]) == 13
+        assert ev["top_k"] == 100 and ev["retriever"] == "bm25" and ev["force_positives"] is False
+        assert cfg["output_dir"].endswith(f"runs/ettin-reranker-{size}")
+        assert cfg["max_length"] == 512
+
+
+def test_print_config_loads_nothing(tmp_path):
+    code = ("import sys, json; from ettin_cli.cli import main\n"
+            "try:\n    main(['-q', 'train', '--size', '17m', '--print-config'])\nexcept SystemExit: pass\n"
+            "print(json.dumps(['datasets' in sys.modules, 'sentence_transformers' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_world_size_splits_the_global_batch_and_workers_drop_beyond_8():
+    for world, per_device, workers in ((2, 512, 4), (8, 128, 4), (16, 64, 0)):
+        cfg = resolve_config(TrainRequest(size="17m"), world_size=world, device="cpu")
+        assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (per_device, 1)
+        assert cfg["dataloader_num_workers"] == workers
+    cfg = resolve_config(TrainRequest(size="150m", per_device_batch_size=24), world_size=4, device="cpu")
+    assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (24, 2)  # 24 x 4 x 2 = 192
+    with pytest.raises(EttinError, match="does not divide"):
+        resolve_config(TrainRequest(size="150m", per_device_batch_size=50), world_size=1, device="cpu")
+    with pytest.raises(EttinError, match="not divisible by world size 5"):
+        resolve_config(TrainRequest(size="17m"), world_size=5, device="cpu")
+    with pytest.raises(EttinError, match="--learning-rate"):
+        resolve_config(TrainRequest(size="17m", learning_rate=-1.0), device="cpu")
+
+
+def test_overrides_and_environment_world_size(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    code, out, err = run_cli(["train", "--size", "1b", "--print-config", "--learning-rate", "1e-5", "--max-steps",
+                              "1000", "--global-batch-size", "256", "--max-length", "1024", "--seed", "7",
+                              "--base-model", "someone/encoder", "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    cfg = json.loads(out)
+    assert (cfg["learning_rate"], cfg["max_steps"], cfg["global_batch_size"]) == (1e-5, 1000, 256)
+    assert (cfg["world_size"], cfg["per_device_batch_size"], cfg["max_length"], cfg["seed"]) == (8, 32, 1024, 7)
+    assert cfg["backbone"] == "someone/encoder"
+    # with the step count known, the ratios become the trainer's step counts
+    assert (cfg["cadence"]["eval_steps"], cfg["cadence"]["save_steps"], cfg["cadence"]["logging_steps"]) == (
+        50, 50, 25)
+    assert not (tmp_path / "o").exists()
+
+
+def test_trainer_arguments_carry_the_recipe(tmp_path):
+    cfg = resolve_config(TrainRequest(size="68m", output_dir=str(tmp_path / "o")), world_size=1, device="cpu")
+    args = _training_args(cfg, eval_on_start=True)
+    assert args.learning_rate == 3e-5 and args.per_device_train_batch_size == 256
+    assert args.gradient_accumulation_steps == 1 and args.num_train_epochs == 1 and args.seed == 12
+    assert args.get_warmup_steps(1000) == 30 and args.lr_scheduler_type == "linear"
+    assert (args.eval_steps, args.save_steps, args.logging_steps) == (0.05, 0.05, 0.025)
+    assert args.logging_first_step and args.save_total_limit == 5 and args.load_best_model_at_end
+    assert args.metric_for_best_model == "eval_NanoBEIR_R100_mean_ndcg@10" and args.greater_is_better
+    assert args.eval_on_start and args.dataloader_num_workers == 4
+    assert not args.bf16  # CPU: fp32
+    assert args.use_cpu and not args.bf16
+    gpu = dict(cfg, precision={**cfg["precision"], "device": "cuda:0", "dtype": "bfloat16",
+                               "attn": "flash_attention_2"})
+    kwargs = training_arguments(gpu, eval_on_start=False)
+    assert kwargs["bf16"] is True and kwargs["use_cpu"] is False and kwargs["ddp_backend"] is None
+    assert not (tmp_path / "o").exists()
+
+
+def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkeypatch):
+    """Constructed only: the Hub is unreachable, so the dataset loading is stubbed out."""
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
+
+    loaded = []
+    monkeypatch.setattr(CrossEncoderNanoBEIREvaluator, "_load_dataset",
+                        lambda self, name, **kw: loaded.append((name, kw)) or name)
+    cfg = resolve_config(TrainRequest(size="17m"), world_size=1, device="cpu")
+    ev = make_nanobeir_evaluator(cfg["evaluation"]["datasets"], top_k=100, batch_size=64)
+    assert len(loaded) == 13 and {"arguana", "touche2020"} <= {n for n, _ in loaded}
+    assert ev.rerank_k == 100 and ev.at_k == 10 and ev.always_rerank_positives is False
+    assert all(kw["always_rerank_positives"] is False for _, kw in loaded)
+    assert f"{ev.name}_{ev.primary_metric}" == cfg["evaluation"]["primary_metric"]
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def test_score_folder_and_files_load_memory_mapped(scored):
+    ds, summary = load_pairs([str(scored["dir"])], {"query": "query", "document": "document", "score": "score"},
+                             cache_dir=str(scored["root"] / "cache"))
+    assert ds.column_names == ["query", "document", "label"]
+    assert len(ds) == scored["rows"] and summary[0]["kind"] == "score-dir" and summary[0]["rows"] == len(ds)
+    assert summary[0]["teacher_format"] == "bi-encoder"
+    assert ds.cache_files  # backed by Arrow files on disk, not an in-memory table
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(sorted(scored["dir"].glob("part-*.parquet"))[0]).to_pylist()[0]
+    assert ds[0]["query"] == first["query"] and ds[0]["label"] == pytest.approx(first["score"])
+
+
+def test_dataset_folder_with_subsets_concatenates_train_and_finds_validation(tmp_path):
+    """The Hub code path (all subsets concatenated, `validation` split for the eval loss) on a local repo layout."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "repo"
+    for name, n in (("msmarco", 3), ("quora", 2)):
+        (repo / name).mkdir(parents=True)
+        pq.write_table(pa.table({"query": [f"{name} q{i}" for i in range(n)], "document": ["d"] * n,
+                                 "score": [float(i) for i in range(n)]}), repo / name / "train.parquet")
+    pq.write_table(pa.table({"query": ["v"], "document": ["d"], "score": [1.5]}), repo / "quora" / "validation.parquet")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: msmarco\n  data_files:\n  - split: train\n    path: msmarco/train.parquet\n"
+        "- config_name: quora\n  data_files:\n  - split: train\n    path: quora/train.parquet\n"
+        "  - split: validation\n    path: quora/validation.parquet\n---\n", encoding="utf-8")
+    cols = {"query": "query", "document": "document", "score": "score"}
+    train, summary = load_pairs([str(repo)], cols, split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(train) == 5 and summary[0]["kind"] == "dataset-dir"
+    assert sorted(train["query"]) == sorted([f"msmarco q{i}" for i in range(3)] + ["quora q0", "quora q1"])
+    val, _ = load_pairs([str(repo)], cols, split="validation", cache_dir=str(tmp_path / "cache"), required=False)
+    assert val["query"] == ["v"] and val["label"] == [1.5]
+
+    # the held-out set as a subset of its own (the `ettin mix` layout): never trained on, used for the eval loss
+    (repo / "validation").mkdir()
+    pq.write_table(pa.table({"query": ["held"], "document": ["d"], "score": [2.5]}), repo / "validation" / "x.parquet")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: msmarco\n  data_files:\n  - split: train\n    path: msmarco/train.parquet\n"
+        "- config_name: validation\n  data_files:\n  - split: train\n    path: validation/x.parquet\n---\n",
+        encoding="utf-8")
+    train, _ = load_pairs([str(repo)], cols, split="train", cache_dir=str(tmp_path / "cache2"))
+    assert "held" not in train["query"] and len(train) == 3
+    val, _ = load_pairs([str(repo)], cols, split="validation", cache_dir=str(tmp_path / "cache2"), required=False)
+    assert val["query"] == ["held"]
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def bad_parquet(tmp_path: Path, name: str, **columns) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def assert_refused(capsys, args: list[str], pattern: str, out_dir: Path) -> None:
+    before = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else None
+    code, _, err = run_cli(["-q", *args], capsys)  # -q: only the error, no progress lines
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+    after = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else None
+    assert after == before, "the output folder changed"
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_modernbert_path, cranfield_dir):
+    out = tmp_path / "out"
+    common = ["--base-model", str(tiny_modernbert_path), "--output-dir", str(out), "--eval-data", str(cranfield_dir),
+              "--dataloader-workers", "0", "--cache-dir", str(tmp_path / "cache"), "--max-steps", "2"]
+    good = {"query": ["q1", "q2", "q3"], "document": ["d1", "d2", "d3"]}
+
+    assert_refused(capsys, ["train", "--size", "3m", "--print-config"],
+                   r"unknown size '3m': choose one of 17m, 32m, 68m, 150m, 400m, 1b", out)
+    no_score = bad_parquet(tmp_path, "no_score.parquet", **good, teacher=[1.0, 2.0, 3.0])
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(no_score), *common],
+                   r"no_score\.parquet: no 'score' column \(columns: query, document, teacher\); "
+                   r"map it with --score-column", out)
+    nan = bad_parquet(tmp_path, "nan.parquet", query=[f"q{i}" for i in range(12)], document=["d"] * 12,
+                      score=[1.0, 2.0, 3.0, float("nan"), 1.0, 1.0, 1.0, float("inf"), 0.0, 0.0, float("-inf"), 1.0])
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(nan), *common],
+                   r"nan\.parquet: column 'score' has 3 NaN, infinite or missing scores \(first rows: 3, 7, 10\)", out)
+    text_score = bad_parquet(tmp_path, "text.parquet", **good, score=["1", "2", "3"])
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(text_score), *common], r"not numbers", out)
+    import pyarrow as pa
+
+    empty = bad_parquet(tmp_path, "empty.parquet", query=pa.array([], pa.string()),
+                        document=pa.array([], pa.string()), score=pa.array([], pa.float32()))
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(empty), *common], r"empty \(0 rows\)", out)
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(tmp_path / "nope.parquet"), *common],
+                   r"nope\.parquet: no such file", out)
+    ok = bad_parquet(tmp_path, "ok.parquet", **good, score=[1.0, 2.0, 3.0])
+    missing_model = ["--base-model", str(tmp_path / "no-model")]
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common, *missing_model],
+                   r"no-model: the path does not exist", out)
+    assert not out.exists()
+
+    # an output folder holding another run: refused, nothing in it touched
+    other = resolve_config(TrainRequest(size="17m", data=[str(ok)], base_model=str(tiny_modernbert_path),
+                                        output_dir=str(out), eval_data=[str(cranfield_dir)], max_steps=2,
+                                        learning_rate=0.5))
+    bind_output_dir(other)
+    (out / "checkpoint-3").mkdir()
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common],
+                   r"holds a run with a different config \(learning_rate: 0\.5 -> 0\.00024\); use another", out)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine", encoding="utf-8")
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common[:2], "--output-dir", str(stray)],
+                   r"not empty and holds no ettin train run", stray)
+    assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common[:2], "--output-dir",
+                            str(tmp_path / "fresh"), "--resume"], r"--resume: .* holds no ettin train run", out)
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def test_distillation_halves_the_held_out_mse_to_the_teacher(trained, scored, tiny_modernbert_path):
+    """MSE to the teacher on pairs of queries never trained on, computed here with `predict`: the weights at the
+    end of the 8 training steps against the untrained student (same seed). The trainer's own eval loss on the same
+    held-out pairs must agree with this independent computation."""
+    from sentence_transformers import CrossEncoder
+
+    from ettin_cli.hardware import Precision
+    from ettin_cli.student import build_student
+
+    pairs = [(r["query"], r["document"]) for r in scored["held"]]
+    target = np.asarray(scored["held_scores"], dtype=np.float64)
+    untrained = build_student(str(tiny_modernbert_path), max_length=64, precision=Precision("float32", "sdpa"),
+                              seed=12)
+    end = CrossEncoder(str(trained["out"] / f"checkpoint-{STEPS}"), device="cpu")
+    mse_before = float(np.mean((untrained.predict(pairs) - target) ** 2))
+    mse_after = float(np.mean((end.predict(pairs) - target) ** 2))
+    assert mse_after <= 0.5 * mse_before, (mse_before, mse_after)
+
+    evals = {e["step"]: e for e in json.loads((trained["out"] / "metrics.json").read_text())["evaluations"]}
+    assert evals[0]["eval_loss"] == pytest.approx(mse_before, rel=1e-3)
+    assert evals[STEPS]["eval_loss"] == pytest.approx(mse_after, rel=1e-3)
+
+
+def test_outputs_record_card_metrics_and_curves(trained, scored):
+    out, record = trained["out"], trained["record"]
+    final = out / "final"
+    saved = json.loads((final / "ettin_training.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(record))
+    assert saved["size"] == "tiny" and saved["train_rows"] == scored["rows"]
+    assert saved["teacher_format"] == "bi-encoder" and saved["teacher"].startswith("local model sha256:")
+    assert saved["hyperparameters"]["total_steps"] == STEPS and saved["observed_per_device_batch"] == 16
+    before, after = saved["metrics"]["before"], saved["metrics"]["after"]
+    assert set(before) == set(after) == {"cranfield", "mean"}
+    assert all(0.0 <= v <= 1.0 for v in [*before.values(), *after.values()])
+    card = (final / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlicense: apache-2.0") and "| cranfield |" in card
+    assert f"{before['mean']:.4f}".rstrip("0").rstrip(".") in card
+
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    steps = [e["step"] for e in metrics["loss_curve"]]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # first step, then every 12.5% of 8
+    assert all(e["samples_per_second"] > 0 and e["tokens_per_second"] > 0 for e in metrics["loss_curve"])
+    assert metrics["loss_curve"][-1]["tokens_seen"] > metrics["loss_curve"][0]["tokens_seen"] > 0
+    assert [e["step"] for e in metrics["evaluations"]] == [0, 2, 4, 6, 8]  # before training, then every 25%
+    primary = metrics["primary_metric"]
+    assert primary == "eval_BEIR_R10_mean_ndcg@10" and all(primary in e for e in metrics["evaluations"])
+    assert metrics["before"]["mean"] == metrics["evaluations"][0][primary]
+    train = metrics["train"]
+    assert train["train_tokens_per_second"] > train["train_pairs_per_second"] > 0
+    # the training-steps-only rate excludes evaluation and checkpoint time, so it beats the wall-clock rate
+    assert train["train_pairs_per_second"] > train["train_samples_per_second"] > 0
+    png = (out / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    assert all(checkpoint_problem(p) is None for p in out.glob("checkpoint-*"))
+
+
+def test_final_model_is_the_best_checkpoint(trained):
+    from sentence_transformers import CrossEncoder
+
+    out, record = trained["out"], trained["record"]
+    evals = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["evaluations"]
+    primary = "eval_BEIR_R10_mean_ndcg@10"
+    best = max((e for e in evals if e["step"] > 0), key=lambda e: (e[primary], -e["step"]))
+    assert record["metrics"]["best_step"] == best["step"]
+    assert record["metrics"]["after"]["mean"] == pytest.approx(best[primary], abs=1e-9)
+    pairs = [("supersonic flow over a wing", "the wing was tested at mach 2"), ("heat", "transfer of heat")]
+    final = CrossEncoder(str(out / "final"), device="cpu").predict(pairs)
+    ckpt = CrossEncoder(str(out / f"checkpoint-{best['step']}"), device="cpu").predict(pairs)
+    assert np.array_equal(final, ckpt)
+
+
+def test_rerun_of_a_finished_run_does_nothing(trained, capsys):
+    final = trained["out"] / "final" / "ettin_training.json"
+    stamp = final.stat().st_mtime_ns
+    again = run_training(trained["config"])
+    assert again == json.loads(final.read_text(encoding="utf-8"))
+    assert final.stat().st_mtime_ns == stamp
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_weights(
+        trained, test_recipe, scored, cranfield_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise Interrupt("simulated crash")
+
+    out = tmp_path / "out"
+    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    with pytest.raises(Interrupt):
+        run_training(config, callbacks=[CrashAfterSave()])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "final").exists()
+    # the crash also tore the newest checkpoint: its optimizer state is cut short
+    opt = out / "checkpoint-4" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
+    assert "optimizer.pt has" in checkpoint_problem(out / "checkpoint-4")
+
+    record = run_training(resolve_config(train_request(test_recipe, scored, cranfield_dir, out, resume=True)))
+    assert record["resumed_from"] == "checkpoint-2"
+    assert (out / "checkpoint-4.corrupt").is_dir()  # kept aside, not deleted
+    assert_same_weights(out / "final", trained["out"] / "final")
+    assert_same_weights(out / f"checkpoint-{STEPS}", trained["out"] / f"checkpoint-{STEPS}")
+    assert record["metrics"]["before"] == trained["record"]["metrics"]["before"]  # kept from the first attempt
+    losses = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["loss_curve"]
+    assert [e["step"] for e in losses] == list(range(1, STEPS + 1))
+
+
+def test_checkpoint_without_completion_record_is_incomplete(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "checkpoint-2"
+    shutil.copytree(trained["out"] / "checkpoint-2", copy)
+    assert checkpoint_problem(copy) is None
+    (copy / "model.safetensors").write_bytes(b"\0" * (copy / "model.safetensors").stat().st_size)
+    assert "model.safetensors is corrupt" in checkpoint_problem(copy)
+    (copy / CHECKPOINT_RECORD).unlink()
+    assert "no completion record" in checkpoint_problem(copy)
+
+
+def test_two_process_torchrun_halves_the_per_device_batch(test_recipe, scored, cranfield_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ettin_cli", "-q", "train",
+           "--recipe", str(test_recipe), "--data", str(scored["dir"]), "--output-dir", str(out), "--max-steps", "2",
+           "--eval-data", str(cranfield_dir), "--eval-top-k", "5", "--eval-max-queries", "4",
+           "--cache-dir", str(scored["root"] / "cache")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 240 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "final" / "ettin_training.json").read_text(encoding="utf-8"))
+    hyper = record["hyperparameters"]
+    assert (hyper["world_size"], hyper["global_batch_size"], hyper["per_device_batch_size"]) == (2, 16, 8)
+    assert record["observed_per_device_batch"] == 8
+    assert hyper["total_steps"] == 2
+    assert set(record["metrics"]["after"]) == {"cranfield", "mean"}
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert all(checkpoint_problem(p) is None for p in out.glob("checkpoint-*"))
+    recorded = json.loads((out / "checkpoint-2" / CHECKPOINT_RECORD).read_text(encoding="utf-8"))["files"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "model.safetensors"} <= set(recorded)
+
+
+def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path, tmp_path):
+    """GPU logic on CPU: with bf16 training (fp32 master weights), evaluators must predict under autocast, or
+    Flash Attention would receive fp32 inputs. CPU autocast stands in for CUDA's."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.base.evaluation import BaseEvaluator
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import MSELoss
+
+    from ettin_cli.hardware import Precision
+    from ettin_cli.student import build_student
+    from ettin_cli.training import _trainer_class
+
+    seen = []
+
+    class Probe(BaseEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.primary_metric = "probe"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return {"probe": 1.0}
+
+    model = build_student(str(tiny_modernbert_path), max_length=32, precision=Precision("float32", "sdpa"))
+    data = Dataset.from_dict({"query": ["q"], "document": ["d"], "label": [1.0]})
+    for bf16 in (True, False):
+        args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / str(bf16)), bf16=bf16, use_cpu=True,
+                                             report_to="none", disable_tqdm=True)
+        trainer = _trainer_class()(model=model, args=args, train_dataset=data, loss=MSELoss(model),
+                                   evaluator=Probe())
+        assert trainer.evaluate()["eval_probe"] == 1.0
+    assert len(seen) == 2 and seen[0] == (True, torch.bfloat16) and seen[1][0] is False
