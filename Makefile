@@ -86,6 +86,9 @@ test: $(STAMP) ## ruff check, then the full test suite
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: $(STAMP) ## the whole pipeline offline on the embedded demo data (scripts/demo.sh), < 10 min on 2 cores
+	VENV=$(VENV) bash scripts/demo.sh
+
 clean: ## remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 

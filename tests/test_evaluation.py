@@ -233,7 +233,7 @@ def test_eval_cli_teacher_and_student_in_one_table(small_beir_dir, small_beir, t
     # Every model reranks the same candidates: same documents per query, so the same Recall@10.
     assert len({e["mean"]["recall@10"] for e in entries}) == 1
     # --reference 1: the student's agreement with the teacher, recomputed here from the two run files.
-    assert "MSE to" in stdout and "agreement" not in entries[1]
+    assert "MSE to ref" in stdout and "agreement" not in entries[1]
     agreement = entries[2]["agreement"]
     runs = [ir_measures.read_trec_run(str(out / e["run_files"][small_beir.name])) for e in entries[1:]]
     teacher, student = ({(r.query_id, r.doc_id): r.score for r in run} for run in runs)

@@ -225,3 +225,21 @@ def test_cli_mine_writes_shards_and_reports_bad_input_in_one_line(cranfield_dir,
     assert fail.returncode == 2
     assert fail.stderr.strip().splitlines() == [f"error: {bad} line 1: document id 'nope' is not in the corpus"]
     assert not (tmp_path / "failed").exists()
+
+
+def test_beir_split_mines_only_its_judged_queries(tmp_path):
+    """A BEIR folder's --split picks its queries: train queries never leak into a test-split mining run."""
+    from ettin_cli.mining import MineOptions, mine, resolve_inputs
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    docs = {f"d{i}": f"document {i} about wings and lift number {i}" for i in range(6)}
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items()))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"wings lift {i}"}) + "\n"
+                                                for i in range(4)))
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\nq3\td3\t1\n")
+    for split, expected in (("train", {"q0", "q1"}), ("test", {"q2", "q3"})):
+        mine(resolve_inputs(root, split=split), tmp_path / split, MineOptions(top_k=3))
+        table = pq.read_table(sorted((tmp_path / split).glob("part-*.parquet"))[0])
+        assert set(table.column("query_id").to_pylist()) == expected

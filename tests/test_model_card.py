@@ -111,3 +111,11 @@ def test_teacher_scale_is_only_claimed_for_the_mxbai_teacher():
     _, other = split_card(render_model_card(record(teacher="local model sha256:abc", teacher_format="bi-encoder")))
     assert 'logit("1")' not in other and "-12 to 22" not in other
     assert "its raw score" in other and "local model sha256:abc" in other
+
+
+def test_the_encoder_named_is_the_backbone_actually_trained():
+    front, body = split_card(render_model_card(record(backbone_type="modernbert")))
+    assert "ModernBERT (Ettin) encoder" in body and "modernbert" in front["tags"]
+    front, body = split_card(render_model_card(record(backbone_type="bert", base_model="/models/minilm")))
+    assert "ModernBERT" not in body and "bert encoder" in body
+    assert "bert" in front["tags"] and "modernbert" not in front["tags"]

@@ -189,3 +189,23 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path):
     _write(mismatch / "b.jsonl", [{"query": "q", "text": "t"}])
     with pytest.raises(EttinError, match=r"b\.jsonl: columns"):
         open_input(mismatch)
+
+
+def test_a_sharded_output_folder_reads_its_verified_shards_only(tmp_path):
+    """`ettin score work/mined`: the folder of another step gives its shards, never manifest/run/done json."""
+    import pyarrow as pa
+
+    from ettin_cli import shards
+    from ettin_cli.tables import open_input
+
+    out = tmp_path / "mined"
+    config = {"step": "test"}
+    shards.prepare_output(out, config)
+    for i in range(2):
+        shards.write_shard(out, i, pa.table({"query": [f"q{i}"], "document": [f"d{i}"]}))
+    with pytest.raises(EttinError, match="unfinished sharded output"):
+        open_input(out)
+    shards.finalize_manifest(out, expected_shards=2, extra={})
+    source = open_input(out)
+    assert [p.name for p in source.files] == ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(source.column_names) == ["document", "query"]

@@ -414,13 +414,13 @@ def test_distillation_halves_the_held_out_mse_to_the_teacher(trained, scored, ti
     assert evals[STEPS]["eval_loss"] == pytest.approx(mse_after, rel=1e-3)
 
 
-def test_outputs_record_card_metrics_and_curves(trained, scored):
+def test_outputs_record_card_metrics_and_curves(trained, scored, teacher):
     out, record = trained["out"], trained["record"]
     final = out / "final"
     saved = json.loads((final / "ettin_training.json").read_text(encoding="utf-8"))
     assert saved == json.loads(json.dumps(record))
     assert saved["size"] == "tiny" and saved["train_rows"] == scored["rows"]
-    assert saved["teacher_format"] == "bi-encoder" and saved["teacher"].startswith("local model sha256:")
+    assert saved["teacher_format"] == "bi-encoder" and saved["teacher"] == teacher.name
     assert saved["hyperparameters"]["total_steps"] == STEPS and saved["observed_per_device_batch"] == 16
     before, after = saved["metrics"]["before"], saved["metrics"]["after"]
     assert set(before) == set(after) == {"cranfield", "mean"}
@@ -580,3 +580,21 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
                                    evaluator=Probe())
         assert trainer.evaluate()["eval_probe"] == 1.0
     assert len(seen) == 2 and seen[0] == (True, torch.bfloat16) and seen[1][0] is False
+
+
+def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_path):
+    """select -> score: the training record (and so the card) names the teacher that really made the scores."""
+    import pyarrow as pa
+
+    from ettin_cli import shards
+    from ettin_cli.training import _score_dir_teacher
+
+    scored, selected = tmp_path / "scored", tmp_path / "selected"
+    for folder, config, extra in ((scored, {"step": "score", "teacher": None, "teacher_sha256": "ab" * 32},
+                                   {"teacher": "/models/minilm", "format": "bi-encoder"}),
+                                  (selected, {"step": "select", "input": str(scored)}, {})):
+        shards.prepare_output(folder, config)
+        shards.write_shard(folder, 0, pa.table({"query": ["q"], "document": ["d"], "score": [0.5]}))
+        shards.finalize_manifest(folder, expected_shards=1, extra=extra)
+    assert _score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
+    assert _score_dir_teacher(str(selected)) == _score_dir_teacher(str(scored))

@@ -29,6 +29,14 @@ class BeirDataset:
         """Query ids with at least one positive judgement, in file order."""
         return [qid for qid in self.queries if any(g > 0 for g in self.qrels.get(qid, {}).values())]
 
+    def first_queries(self, n: int | None) -> BeirDataset:
+        """The first `n` judged queries (all of them when `n` is None): a cheaper evaluation, same corpus."""
+        if not n:
+            return self
+        keep = self.judged_queries[:n]
+        return BeirDataset(name=self.name, corpus=self.corpus, queries={q: self.queries[q] for q in keep},
+                           qrels={q: self.qrels[q] for q in keep})
+
 
 def _read_jsonl(path: Path, what: str) -> list[dict]:
     if not path.is_file():

@@ -16,7 +16,7 @@ from ettin_cli import __version__, console
 from ettin_cli.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
-COMMAND_MODULES = ["env", "score", "mine", "select", "mix", "train", "eval", "bench", "push"]
+COMMAND_MODULES = ["env", "mine", "score", "select", "mix", "train", "eval", "bench", "push"]
 
 app = typer.Typer(
     name="ettin",
@@ -50,6 +50,20 @@ def _root(
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"ettin_cli.commands.{_name}").register(app)
+
+
+def _one_line(text: str) -> str:
+    """The first sentence of a command's help: what `ettin --help` lists beside the command."""
+    first = " ".join(text.strip().split("\n\n")[0].split())
+    for end in (". ", ": ", "; "):
+        if end in first:
+            first = first.split(end)[0]
+    return first.rstrip(".:")
+
+
+for _command in app.registered_commands:
+    if not _command.short_help and _command.help:
+        _command.short_help = _one_line(_command.help)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,11 @@ def setup(level: int = NORMAL) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         for name in _NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
+        # The environment variables above only reach libraries imported after this point.
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|torch|datasets)\..*")
 

@@ -355,12 +355,17 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
 # ------------------------------------------------------------------------------------ `ettin eval`: many models
 
 
+_GENERIC_FOLDERS = {"final", "initial", "model"}
+
+
 def model_labels(models: Sequence[str]) -> list[str]:
     """Short, unique table labels: a local folder's name, a Hub id as given; duplicates get `#2`, `#3`."""
     labels: list[str] = []
     for model in models:
         path = Path(model).expanduser()
         base = path.name if path.is_dir() and path.name else str(model)
+        if path.is_dir() and (base in _GENERIC_FOLDERS or base.startswith("checkpoint-")) and path.parent.name:
+            base = f"{path.parent.name}/{base}"  # runs/17m/final -> 17m/final, not a bare "final"
         label, n = base, 1
         while label in labels:
             n += 1
@@ -412,13 +417,15 @@ def compare_models(
     max_length: int | None = None,
     batch_size: int | None = None,
     reference: int | None = None,
+    max_queries: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model on the same first-stage candidates; the retriever alone is the first entry.
 
     `reference` (1-based index into `models`, usually the teacher) adds, for every other model, its agreement
     with the reference on the very same (query, candidate) pairs: MSE of the raw scores (the distillation loss)
     and the mean per-query Spearman correlation of the rankings. That is how a distilled student is judged
-    against its teacher, beyond the retrieval metrics.
+    against its teacher, beyond the retrieval metrics. `max_queries` keeps the first N judged queries of each
+    dataset (a quicker look; the report says so).
 
     Models are any `teacher.load_teacher` input (a student folder, a Hub id, a teacher in any score format);
     `formats` is one format for all models or one per model. Every model is checked before any heavy work
@@ -447,7 +454,10 @@ def compare_models(
     resolved: list[tuple[str, str]] = []
     for model, fmt in zip(models, formats, strict=True):
         resolved.append(resolve_model(model, fmt))
+    if max_queries is not None and max_queries < 1:
+        raise EttinError(f"--max-queries must be at least 1, got {max_queries}")
     datasets, known = load_eval_data(data, top_k=top_k)
+    datasets = [ds.first_queries(max_queries) for ds in datasets]
     retriever_name = "bm25" if retriever.lower() == "bm25" else str(retriever)
     if retriever_name != "bm25":
         from ettin_cli.hardware import resolve_device
@@ -486,6 +496,7 @@ def compare_models(
         "top_k": top_k,
         "metrics": metric_names(top_k),
         "retriever": retriever_name,
+        "max_queries": max_queries,
         "datasets": {ds.name: {"queries": len(ds.judged_queries), "documents": len(ds.corpus)} for ds in datasets},
         "results": entries,
     }
@@ -563,9 +574,9 @@ def report_tables(report: Mapping[str, Any]) -> list[Any]:
             table.add_column(label(metric), justify="right")
         agreement = [e for e in entries if "agreement" in e]
         if agreement:
-            ref = agreement[0]["agreement"]["reference"]
-            table.add_column(f"MSE to {ref}", justify="right")
-            table.add_column(f"Spearman to {ref}", justify="right")
+            table.caption = f"ref = {agreement[0]['agreement']['reference']}: scores compared on the same candidates"
+            table.add_column("MSE to ref", justify="right")
+            table.add_column("Spearman to ref", justify="right")
         for entry in entries:
             extra = []
             if agreement:
@@ -582,5 +593,15 @@ def report_tables(report: Mapping[str, Any]) -> list[Any]:
         for entry in entries:
             table.add_row(entry["model"], *(f"{entry['datasets'][n][metric]:.4f}" for n in names),
                           f"{entry['mean'][metric]:.4f}")
+        tables.append(table)
+    agreement = [e for e in entries if "agreement" in e]
+    if agreement:
+        ref = agreement[0]["agreement"]["reference"]
+        table = Table(title=f"agreement with {ref} on the same candidates (all datasets)")
+        for column in ("model", "MSE", "Spearman", "pairs"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for entry in agreement:
+            agree = entry["agreement"]
+            table.add_row(entry["model"], f"{agree['mse']:.4f}", f"{agree['spearman']:.4f}", f"{agree['pairs']:,}")
         tables.append(table)
     return tables

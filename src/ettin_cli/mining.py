@@ -67,6 +67,9 @@ class MineInputs:
     corpus: TextSource
     queries: TextSource
     qrels: Path | None
+    # A BEIR folder's split: only the queries its qrels judge are mined (the BEIR convention), so the queries
+    # of a train split never mix with those of a test split sharing the same queries.jsonl.
+    judged_only: bool = False
 
 
 def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels: str | Path | None = None,
@@ -105,6 +108,7 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
             raise EttinError(f"--qrels {qrels_path}: no such file")
     elif root is not None and (root / "qrels" / f"{split}.tsv").is_file():
         qrels_path = root / "qrels" / f"{split}.tsv"
+        return MineInputs(corpus_src, queries_src, qrels_path, judged_only=queries is None)
     return MineInputs(corpus_src, queries_src, qrels_path)
 
 
@@ -390,6 +394,8 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
     doc_ids = scan_corpus_ids(inputs.corpus) if needs_ids else None
     if inputs.qrels is not None:
         qrels = read_qrels(inputs.qrels, queries, doc_ids or set())
+    if inputs.judged_only and qrels is not None:
+        queries = {qid: text for qid, text in queries.items() if qid in qrels}
     query_ids = list(queries)
     n_blocks = (len(query_ids) + options.queries_per_shard - 1) // options.queries_per_shard
     config = {
@@ -399,6 +405,7 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
         "queries": str(inputs.queries.path),
         "queries_bytes": _size(inputs.queries.path),
         "qrels": str(inputs.qrels) if inputs.qrels else None,
+        "judged_only": inputs.judged_only,
         "retriever": options.retriever,
         "top_k": options.top_k,
         "chunk_size": options.chunk_size,

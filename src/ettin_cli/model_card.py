@@ -29,8 +29,7 @@ from typing import Any
 from ettin_cli.errors import EttinError
 
 LICENSE = "apache-2.0"
-BASE_TAGS = ["sentence-transformers", "cross-encoder", "reranker", "text-ranking", "ettin", "modernbert",
-             "distillation"]
+BASE_TAGS = ["sentence-transformers", "cross-encoder", "reranker", "text-ranking", "ettin", "distillation"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEFAULT_TEACHER = "mixedbread-ai/mxbai-rerank-large-v2"
 
@@ -70,7 +69,7 @@ def _front_matter(info: dict[str, Any]) -> str:
 
     meta: dict[str, Any] = {"license": LICENSE, "language": ["en"], "library_name": "sentence-transformers",
                             "pipeline_tag": "text-ranking"}
-    tags = list(BASE_TAGS)
+    tags = [*BASE_TAGS, info.get("backbone_type") or "modernbert"]
     if info.get("size"):
         tags.append(f"ettin-{info['size']}")
     meta["tags"] = tags
@@ -121,10 +120,12 @@ def render_model_card(info: dict[str, Any]) -> str:
     mxbai = info.get("teacher_format") == "mxbai-v2" or "mxbai-rerank" in teacher
     scale = "roughly -12 to 22; higher means more relevant" if mxbai else "higher means more relevant"
     target = 'raw logit `logit("1") - logit("0")`' if mxbai else "its raw score"
+    backbone_type = info.get("backbone_type") or "modernbert"
+    encoder = "ModernBERT (Ettin) encoder" if backbone_type == "modernbert" else f"{backbone_type} encoder"
     out.append(f"# Ettin reranker {size}\n")
     out.append(
         f"A pointwise cross-encoder reranker: one (query, document) pair in, one relevance score out. It was "
-        f"distilled from the teacher [`{teacher}`]({_link(teacher)}) into the ModernBERT (Ettin) encoder "
+        f"distilled from the teacher [`{teacher}`]({_link(teacher)}) into the {encoder} "
         f"[`{base}`]({_link(base)}) by mean squared error on the teacher's raw scores, so its score is on the "
         f"teacher's scale ({scale}) and needs no calibration. Use it to "
         f"re-order the top-{top_k} candidates of a first-stage retriever (BM25 or an embedding model).\n")

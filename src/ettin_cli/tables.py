@@ -27,6 +27,7 @@ EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson
 DEFAULT_BATCH_ROWS = 4096
 JSON_BLOCK_BYTES = 16 << 20  # one JSON line must fit in a block; documents of 8k tokens are ~40 KB
 MAX_REPORTED_ROWS = 10
+PARQUET_BUFFER_BYTES = 8 << 20
 
 RowRanges = list[tuple[int, int]]
 
@@ -153,8 +154,17 @@ def open_input(spec: str | os.PathLike[str], *, config: str | None = None, split
             raise EttinError(f"{path}: unsupported input type '{path.suffix}' (use .parquet, .jsonl or .csv)")
         return InputSource(spec=str(spec), kind="files", files=[path])
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
-                       and not p.name.startswith("."))
+        from ettin_cli import shards
+
+        if (path / shards.MANIFEST_FILE).is_file():
+            # The finished output of a sharded step (mine, score, select, mix): exactly its verified shards.
+            files = shards.shard_paths(path)
+        elif (path / shards.RUN_FILE).is_file():
+            raise EttinError(f"{path}: an unfinished sharded output (no {shards.MANIFEST_FILE} yet): rerun the step "
+                             "that writes it until it completes")
+        else:
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
+                           and not p.name.startswith(".") and not p.name.endswith(shards.DONE_SUFFIX))
         if not files:
             raise EttinError(f"{path}: no .parquet, .jsonl or .csv files in this directory")
         source = InputSource(spec=str(spec), kind="files", files=files)
@@ -290,7 +300,8 @@ def _parquet_file(path: Path):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        # Buffered page reads: memory is bounded by the batch, not by a (possibly huge) column chunk.
+        return pq.ParquetFile(path, buffer_size=PARQUET_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as exc:
         raise _arrow_error(path, exc, "not a readable parquet file") from None
 

@@ -90,10 +90,6 @@ class ScoreStats:
         """Counts accumulated since the snapshot `other`."""
         return ScoreStats(**{k: v - getattr(other, k) for k, v in asdict(self).items()})
 
-    def add(self, other: ScoreStats) -> None:
-        for key, value in asdict(other).items():
-            setattr(self, key, getattr(self, key) + value)
-
     @property
     def padding_share(self) -> float:
         total = self.tokens + self.padding_tokens
@@ -661,16 +657,27 @@ class TeacherSpec:
     device: str
     dtype: str
     attn: str
+    attn_chosen_automatically: bool = False
 
     def load(self, max_length: int | None = None, instruction: str | None = None) -> Teacher:
-        """Load the weights on the resolved device, dtype and attention implementation."""
+        """Load the weights on the resolved device, dtype and attention implementation.
+
+        When `auto` picked Flash Attention 2 and the architecture has no FA2 implementation (a BERT
+        cross-encoder, say), the model is loaded with SDPA instead, and the log says so.
+        """
         kwargs: dict[str, Any] = {"name": self.name, "revision": self.revision, "device": self.device,
                                   "dtype": self.dtype, "attn": self.attn, "max_length": max_length}
         if self.format == "mxbai-v2":
             kwargs["instruction"] = instruction
         elif instruction:
             raise EttinError("--instruction applies to the mxbai-v2 format only")
-        teacher = _CLASSES[self.format](self.path, **kwargs)
+        try:
+            teacher = _CLASSES[self.format](self.path, **kwargs)
+        except EttinError as exc:
+            if not (self.attn_chosen_automatically and self.attn == "flash_attention_2"):
+                raise
+            logger.warning("%s: Flash Attention 2 unavailable for this model (%s); using SDPA", self.name, exc)
+            teacher = _CLASSES[self.format](self.path, **{**kwargs, "attn": "sdpa"})
         logger.debug("teacher %s: %s on %s, %s + %s, max length %d", self.name, self.format, self.device,
                      self.dtype, self.attn, teacher.max_length)
         return teacher
@@ -691,7 +698,7 @@ def resolve_teacher(model: str | os.PathLike[str], format: str = "auto", *, devi
     dev = resolve_device(device)
     precision = resolve_precision(dev, dtype, attn)
     return TeacherSpec(name=name, path=path, revision=resolved_revision, format=format, device=dev,
-                       dtype=precision.dtype, attn=precision.attn)
+                       dtype=precision.dtype, attn=precision.attn, attn_chosen_automatically=attn == "auto")
 
 
 def load_teacher(model: str | os.PathLike[str], format: str = "auto", *, device: str = "auto", dtype: str = "auto",

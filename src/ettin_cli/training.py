@@ -53,7 +53,7 @@ _RECIPE_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
                   "fp32": "float32", "float32": "float32"}
 # Keys of the resolved config that may change between a run and its resumption (hardware, launch, paths).
 _RUNTIME_KEYS = {"output_dir", "world_size", "per_device_batch_size", "gradient_accumulation_steps", "precision",
-                 "dataloader_num_workers", "resume", "cache_dir", "recipe_file"}
+                 "dataloader_num_workers", "resume", "cache_dir", "recipe_file", "save_initial"}
 
 
 @dataclass
@@ -83,6 +83,7 @@ class TrainRequest:
     dataloader_workers: int | None = None
     cache_dir: str | None = None
     resume: bool = False
+    save_initial: bool = False
 
 
 # --------------------------------------------------------------------------------------------- configuration
@@ -260,6 +261,7 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
         "output_dir": str(Path(req.output_dir or f"runs/ettin-reranker-{size}").expanduser().resolve()),
         "cache_dir": str(Path(req.cache_dir).resolve()) if req.cache_dir else None,
         "resume": bool(req.resume),
+        "save_initial": bool(req.save_initial),
     }
 
 
@@ -600,14 +602,29 @@ def load_pairs(sources: list[str], columns: dict[str, str], *, split: str = "tra
     return parts[0], summary
 
 
-def _score_dir_teacher(source: str) -> dict[str, Any]:
-    """The teacher an `ettin score` folder was labelled with, from its manifest (Hub id, or a local model's hash)."""
+def _backbone_type(model: Any) -> str | None:
+    """`modernbert` for an Ettin backbone (`bert` for the demo's MiniLM): the model card names it truthfully."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    return getattr(config, "model_type", None)
+
+
+def _score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
+    """The teacher a sharded folder's scores come from, from its manifest (Hub id, or the local model given).
+
+    An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
+    that folder as `input`, which is followed back (a few steps at most).
+    """
     from ettin_cli.shards import read_manifest
 
-    config = read_manifest(source).get("config") or {}
-    teacher = config.get("teacher") or (f"local model sha256:{config['teacher_sha256'][:12]}"
-                                        if config.get("teacher_sha256") else None)
-    return {k: v for k, v in {"teacher": teacher, "teacher_format": config.get("format")}.items() if v}
+    manifest = read_manifest(source)
+    config = manifest.get("config") or {}
+    teacher = manifest.get("teacher") or config.get("teacher") or (
+        f"local model sha256:{config['teacher_sha256'][:12]}" if config.get("teacher_sha256") else None)
+    upstream = config.get("input")
+    if not teacher and depth < 4 and isinstance(upstream, str) and (Path(upstream) / "manifest.json").is_file():
+        return _score_dir_teacher(upstream, depth + 1)
+    fmt = manifest.get("format") or config.get("format")
+    return {k: v for k, v in {"teacher": teacher, "teacher_format": fmt}.items() if v}
 
 
 def data_teacher(summary: list[dict[str, Any]], recipe_teacher: str | None) -> tuple[str | None, str | None]:
@@ -627,16 +644,7 @@ def cache_bytes(ds: Dataset) -> int:
 
 
 def _limit_queries(datasets: list, max_queries: int | None) -> list:
-    from ettin_cli.beir import BeirDataset
-
-    if not max_queries:
-        return datasets
-    out = []
-    for ds in datasets:
-        keep = ds.judged_queries[:max_queries]
-        out.append(BeirDataset(name=ds.name, corpus=ds.corpus, queries={q: ds.queries[q] for q in keep},
-                               qrels={q: ds.qrels[q] for q in keep}))
-    return out
+    return [ds.first_queries(max_queries) for ds in datasets]
 
 
 def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_queries: int | None = None):
@@ -944,6 +952,20 @@ def _trainer_class():
     return EttinTrainer
 
 
+def save_model_atomic(model: Any, path: Path) -> None:
+    """Save a model folder under a temporary name and rename it into place: no half-written folder."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save(str(tmp))
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _training_args(config: dict[str, Any], *, eval_on_start: bool):
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 
@@ -1009,6 +1031,9 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
         if args.process_index == 0:
             bind_output_dir(config)
         resume_from = latest_complete_checkpoint(out, move_aside=args.process_index == 0)
+        if config.get("save_initial") and args.process_index == 0 and not (out / "initial").exists():
+            # The untrained student (same seed, same head init): the "before" line of an `ettin eval` table.
+            save_model_atomic(model, out / "initial")
     if config.get("resume") and resume_from is None:
         logger.warning(f"--resume: no complete checkpoint in {out}; starting from the beginning")
     args.eval_on_start = bool(config["cadence"]["eval_before_training"] and resume_from is None)
@@ -1036,6 +1061,7 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
         "ettin_cli": __version__,
         "size": config["size"],
         "base_model": config["backbone"],
+        "backbone_type": _backbone_type(model),
         "teacher": teacher,
         "teacher_format": teacher_format,
         "data": train_summary,

@@ -48,6 +48,8 @@ def eval_command(
     reference: int | None = typer.Option(None, "--reference", help="Position (1-based) of the model the "
                                          "others are compared to, usually the teacher: adds MSE and Spearman "
                                          "of their scores against it on the same candidates."),
+    max_queries: int | None = typer.Option(None, "--max-queries", help="Only the first N judged queries of "
+                                           "each dataset (a quicker, rougher look)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     import json
@@ -63,7 +65,7 @@ def eval_command(
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
     report = compare_models(models, data, formats=formats, retriever=retriever, top_k=top_k, output_dir=output,
                             device=device, dtype=dtype, attn=attn, max_length=max_length, batch_size=batch_size,
-                            reference=reference)
+                            reference=reference, max_queries=max_queries)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -69,6 +69,8 @@ def train(
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Arrow cache folder for the data "
                                          "(default: HF_DATASETS_CACHE)."),
     resume: bool = typer.Option(False, "--resume", help="Require an existing run in --output-dir and continue it."),
+    save_initial: bool = typer.Option(False, "--save-initial", help="Also save the untrained student to "
+                                      "OUTPUT_DIR/initial/ (the 'before' model for `ettin eval`)."),
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as JSON and exit (loads nothing)."),
 ) -> None:
@@ -81,6 +83,7 @@ def train(
         learning_rate=learning_rate, global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
         max_length=max_length, eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries,
         seed=seed, dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
+        save_initial=save_initial,
     )
     config = resolve_config(request)
     if print_config:

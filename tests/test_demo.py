@@ -1,0 +1,85 @@
+"""The offline demo (scripts/demo.sh, `make demo`) end to end on a cut-down input, and the Makefile chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO_ROOT
+
+
+def test_demo_pipeline_runs_end_to_end_and_moves_the_student_toward_the_teacher(tmp_path, minilm_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "DEMO_QUICK": "1", "DEMO_OUT": str(out), "VENV": str(Path(sys.executable).parents[1])}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Every step says what it does and where its output went.
+    for step in range(1, 8):
+        assert f"==> {step}/7" in proc.stdout
+    for folder in ("mined", "scored", "selected", "heldout"):
+        assert (out / folder / "manifest.json").is_file(), folder
+    # Only the 120 training queries are mined for training: no held-out test query leaks into the train data.
+    train_qids = set(pq.read_table(out / "selected" / "part-00000.parquet").column("query_id").to_pylist())
+    test_qids = {line.split("\t")[0] for line in
+                 (REPO_ROOT / "src/ettin_cli/demo_data/qrels/test.tsv").read_text().splitlines()[1:]}
+    assert train_qids and not train_qids & test_qids
+    # The student was trained, saved before (initial/) and after (final/), evaluated against the teacher.
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    entries = {e["model"]: e for e in report["results"]}
+    assert [e["role"] for e in report["results"]] == ["retriever", "reranker", "reranker", "reranker"]
+    before, after = entries["student/initial"], entries["student/final"]
+    assert after["agreement"]["mse"] < before["agreement"]["mse"]
+    assert (out / "eval" / "eval.png").is_file()
+    record = json.loads((out / "student" / "final" / "ettin_training.json").read_text())
+    assert record["teacher"] == str(minilm_path) and record["teacher_format"] == "bi-encoder"
+    assert "dry run: nothing is contacted" in proc.stdout
+
+
+def make_dry(*args: str) -> str:
+    proc = subprocess.run(["make", "-n", *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """A work folder as `make mix` and `make mine` leave it: one pre-training subset, validation, one mined."""
+    for sub in ("mix/agnews", "mix/validation", "mined/nq"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "manifest.json").write_text("{}")
+    (tmp_path / "mix" / "summary.json").write_text("{}")
+    return tmp_path
+
+
+def test_make_train_shows_the_whole_chain_with_torchrun(work):
+    stamp = f"VENV={Path(sys.executable).parents[1]}"
+    out = make_dry("train", "SIZE=1b", "NPROC=8", f"WORK={work}", stamp)
+    lines = [line for line in out.splitlines() if "ettin_cli" in line or "ettin " in line]
+    assert any(f"score {work}/mix/agnews" in line and "--nproc_per_node 8" in line for line in lines)
+    assert any(f"score {work}/mined/nq" in line for line in lines)
+    assert any(f"select {work}/scored/nq" in line for line in lines)
+    train = [line for line in out.splitlines() if " train --size 1b" in line]
+    assert train and f"--data {work}/scored/agnews --data {work}/selected/nq" in train[0]
+    assert f"--validation-data {work}/scored/validation" in out
+
+
+def test_make_reruns_only_what_is_missing(work):
+    stamp = f"VENV={Path(sys.executable).parents[1]}"
+    for step in ("scored/agnews", "scored/nq", "selected/nq"):
+        (work / step).mkdir(parents=True)
+        (work / step / "manifest.json").write_text("{}")
+    out = make_dry("train", "SIZE=17m", f"WORK={work}", stamp)
+    assert " score " not in out and " select " not in out and " train --size 17m" in out
+
+
+def test_make_help_lists_the_pipeline_targets():
+    proc = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=REPO_ROOT)
+    for target in ("test", "demo", "mix", "mine", "score", "score-all", "select", "train", "train-all", "push",
+                   "push-data", "eval", "bench"):
+        assert f"  {target} " in proc.stdout, target
