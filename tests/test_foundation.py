@@ -146,7 +146,7 @@ def test_beir_loader_names_the_bad_line(tmp_path, cranfield_dir):
     (bad / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
     (bad / "queries.jsonl").write_text('{"_id": "q1", "text": "y"}\n')
     (bad / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td9\t1\n")
-    with pytest.raises(EttinError, match=r"test.tsv line 2: document id 'd9' is not in corpus.jsonl"):
+    with pytest.raises(EttinError, match=r"test.tsv line 2: document id 'd9' is not in the corpus"):
         load_beir(bad)
     (bad / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\nnot json\n')
     with pytest.raises(EttinError, match=r"corpus.jsonl line 2: not valid JSON"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,23 +91,27 @@ def load_beir(path: str | Path, split: str = "test", require_qrels: bool = True)
     return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)
 
 
-def read_qrels(path: Path, corpus: dict[str, str], queries: dict[str, str]) -> dict[str, dict[str, int]]:
-    """Read `query-id<TAB>corpus-id<TAB>score` (header optional); unknown ids are an error."""
+def read_qrels(path: Path, corpus: Container[str], queries: Container[str]) -> dict[str, dict[str, int]]:
+    """Read `query-id<TAB>corpus-id<TAB>score` (header optional); an id the corpus or queries lack is an error.
+
+    `corpus` and `queries` only need `in`: id -> text maps, or the id sets of a corpus streamed from disk.
+    """
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as fh:
         for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or (line_no == 1 and row[0] in ("query-id", "query_id", "qid")):
+            if not row or (line_no == 1 and row[0].strip() in ("query-id", "query_id", "qid")):
                 continue
             if len(row) < 3:
-                raise EttinError(f"{path} line {line_no}: expected 3 tab-separated columns, got {len(row)}")
-            qid, did, grade = row[0], row[1], row[2]
+                raise EttinError(f"{path} line {line_no}: expected 3 tab-separated columns "
+                                 f"(query-id, corpus-id, score), got {len(row)}")
+            qid, did, grade = row[0].strip(), row[1].strip(), row[2].strip()
             try:
                 value = int(float(grade))
             except ValueError:
                 raise EttinError(f"{path} line {line_no}: relevance '{grade}' is not a number") from None
             if qid not in queries:
-                raise EttinError(f"{path} line {line_no}: query id '{qid}' is not in queries.jsonl")
+                raise EttinError(f"{path} line {line_no}: query id '{qid}' is not among the queries")
             if did not in corpus:
-                raise EttinError(f"{path} line {line_no}: document id '{did}' is not in corpus.jsonl")
+                raise EttinError(f"{path} line {line_no}: document id '{did}' is not in the corpus")
             qrels.setdefault(qid, {})[did] = value
     return qrels

@@ -414,22 +414,16 @@ def run_bench(
 ) -> dict[str, Any]:
     """Time every model under every setting (skipped settings are recorded with their reason, not run)."""
     from ettin_cli.hardware import describe
-    from ettin_cli.teacher import FORMATS, load_teacher
+    from ettin_cli.teacher import load_teacher
 
     models = [str(m) for m in models]
     if not models:
         raise EttinError("give at least one MODEL to benchmark")
     if max_length < 8:
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
-    formats = list(formats) or ["auto"]
-    if len(formats) not in (1, len(models)):
-        raise EttinError(f"--format given {len(formats)} times for {len(models)} models: give it once or once "
-                         "per model")
-    for fmt in formats:
-        if fmt not in ("auto", *FORMATS):
-            raise EttinError(f"--format must be auto or one of {', '.join(FORMATS)}, got '{fmt}'")
-    formats = formats * len(models) if len(formats) == 1 else formats
-    from ettin_cli.evaluation import model_labels, resolve_model
+    from ettin_cli.evaluation import expand_formats, model_labels, resolve_model
+
+    formats = expand_formats(models, formats)
 
     # Pre-flight: every model resolves (and has a known format) before any timing starts.
     resolved = [resolve_model(model, fmt) for model, fmt in zip(models, formats, strict=True)]

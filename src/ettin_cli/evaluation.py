@@ -403,6 +403,20 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
+    """One score format per model from `--format` given once (for all models) or once per model, in order."""
+    from ettin_cli.teacher import FORMATS
+
+    formats = list(formats) or ["auto"]
+    if len(formats) not in (1, len(models)):
+        raise EttinError(f"--format given {len(formats)} times for {len(models)} models: give it once (for all "
+                         "models) or once per model, in order")
+    for fmt in formats:
+        if fmt not in ("auto", *FORMATS):
+            raise EttinError(f"--format must be auto or one of {', '.join(FORMATS)}, got '{fmt}'")
+    return formats * len(models) if len(formats) == 1 else formats
+
+
 def compare_models(
     models: Sequence[str],
     data: Any,
@@ -433,21 +447,14 @@ def compare_models(
     `eval.json` (every number and setting), `eval.png` and one TREC run file per model and dataset under
     `runs/`, all at the end and atomically.
     """
-    from ettin_cli.teacher import FORMATS, load_teacher
+    from ettin_cli.teacher import load_teacher
 
     models = [str(m) for m in models]
     if not models:
         raise EttinError("give at least one MODEL to evaluate")
     if top_k < 1:
         raise EttinError(f"--top-k must be at least 1, got {top_k}")
-    formats = list(formats) or ["auto"]
-    if len(formats) not in (1, len(models)):
-        raise EttinError(f"--format given {len(formats)} times for {len(models)} models: give it once (for all "
-                         "models) or once per model, in order")
-    for fmt in formats:
-        if fmt not in ("auto", *FORMATS):
-            raise EttinError(f"--format must be auto or one of {', '.join(FORMATS)}, got '{fmt}'")
-    formats = formats * len(models) if len(formats) == 1 else formats
+    formats = expand_formats(models, formats)
     if reference is not None and not 1 <= reference <= len(models):
         raise EttinError(f"--reference must be a model's position, 1 to {len(models)}, got {reference}")
     # Pre-flight: every model must resolve (and have a known format) before any heavy work starts.

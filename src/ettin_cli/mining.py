@@ -198,28 +198,10 @@ def scan_corpus_ids(src: TextSource) -> set[str]:
 
 
 def read_qrels(path: Path, queries: dict[str, str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
-    """`query-id<TAB>corpus-id<TAB>grade` (header optional); an id the corpus or queries lack is an error."""
-    import csv
+    """The qrels of a mining run, checked against the queries and the corpus ids (see `beir.read_qrels`)."""
+    from ettin_cli.beir import read_qrels as read_beir_qrels
 
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or (line_no == 1 and row[0].strip() in ("query-id", "query_id", "qid")):
-                continue
-            if len(row) < 3:
-                raise EttinError(f"{path} line {line_no}: expected 3 tab-separated columns "
-                                 f"(query-id, corpus-id, score), got {len(row)}")
-            qid, did, grade = row[0].strip(), row[1].strip(), row[2].strip()
-            try:
-                value = int(float(grade))
-            except ValueError:
-                raise EttinError(f"{path} line {line_no}: relevance '{grade}' is not a number") from None
-            if qid not in queries:
-                raise EttinError(f"{path} line {line_no}: query id '{qid}' is not among the queries")
-            if did not in doc_ids:
-                raise EttinError(f"{path} line {line_no}: document id '{did}' is not in the corpus")
-            qrels.setdefault(qid, {})[did] = value
-    return qrels
+    return read_beir_qrels(path, corpus=doc_ids, queries=queries)
 
 
 def iter_corpus_chunks(src: TextSource, chunk_size: int) -> Iterator[tuple[int, list[str], list[str]]]:
