@@ -7,7 +7,8 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= cpu
+# cpu unless this .venv was built for CUDA (so `make test` after `make install TORCH=cuda` keeps the CUDA torch)
+TORCH ?= $(if $(wildcard $(VENV)/.installed-cuda),cuda,cpu)
 TORCH_VERSION ?= 2.13.0
 # The CPU wheel index is named explicitly so that a plain `pip install torch` never pulls a multi-GB CUDA build.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -69,6 +70,8 @@ ifeq ($(TORCH),cpu)
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) check
 else ifeq ($(TORCH),cuda)
+	@! $(PY) -c "import torch; assert '+cpu' in torch.__version__" 2>/dev/null || { echo "error: $(VENV) holds \
+	the CPU build of torch: run 'make clean' first, then 'make install TORCH=cuda'" >&2; exit 2; }
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
 	$(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-build-isolation -e ".[gpu]"
