@@ -362,3 +362,13 @@ def test_cli_select(scored, tmp_path):
                              capture_output=True, text=True, env=env)
         assert bad.returncode == 2 and bad.stderr.strip().splitlines()[0].startswith(message), bad.stderr
         assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_corrupt_parquet_input_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("garbage, not parquet")
+    proc = subprocess.run([sys.executable, "-m", "ettin_cli", "select", str(bad), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: not a readable parquet file (ArrowInvalid)"]
+    assert not (tmp_path / "out").exists()

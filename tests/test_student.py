@@ -179,3 +179,8 @@ def test_a_model_with_another_head_is_not_a_student(tiny_modernbert_path):
                                   Dense(32, 1, module_output_name="scores")], activation_fn=torch.nn.Identity())
     with pytest.raises(EttinError, match="pooling is 'mean'"):
         check_student(model)
+    # CLS pooling but the first Dense has a bias and a tanh: still not the recipe's head.
+    model = CrossEncoder(modules=[t, Pooling(32, pooling_mode="cls"), Dense(32, 32, bias=True), LayerNorm(32),
+                                  Dense(32, 1, module_output_name="scores")], activation_fn=torch.nn.Identity())
+    with pytest.raises(EttinError, match=r"Dense\(H, H, no bias, GELU\)"):
+        check_student(model)

@@ -598,3 +598,42 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
         shards.finalize_manifest(folder, expected_shards=1, extra=extra)
     assert _score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
     assert _score_dir_teacher(str(selected)) == _score_dir_teacher(str(scored))
+
+
+def test_a_folder_of_parquet_and_jsonl_is_refused_not_half_read(tmp_path):
+    """Files of both kinds in one --data folder: an error, never the parquet half silently alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ettin_cli.training import load_pairs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pq.write_table(pa.table({"query": ["q"], "document": ["d"], "score": [1.0]}), folder / "a.parquet")
+    (folder / "b.jsonl").write_text('{"query": "q2", "document": "d2", "score": 2.0}\n')
+    with pytest.raises(EttinError, match="mixes parquet and json files"):
+        load_pairs([str(folder)], {"query": "query", "document": "document", "score": "score"},
+                   cache_dir=str(tmp_path / "cache"))
+
+
+def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precision(monkeypatch, tmp_path):
+    """On a (faked) H100 with flash-attn: the recipe's bf16 -> bf16 + FA2, fp16 -> fp16, fp32 -> fp32 + SDPA."""
+    import torch
+
+    from ettin_cli import hardware
+    from ettin_cli.training import TrainRequest, resolve_config
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(hardware, "flash_attn_installed", lambda: True)
+    got = {}
+    for precision in ("bf16", "fp16", "fp32"):
+        recipe = tmp_path / f"{precision}.yaml"
+        recipe.write_text(f"size: x\nmodel: {{backbone: b}}\ntraining: {{learning_rate: 1.0e-4, "
+                          f"global_batch_size: 8, precision: {precision}}}\n")
+        config = resolve_config(TrainRequest(recipe_file=str(recipe), data=["x.parquet"]), world_size=1,
+                                device="cuda:0")
+        got[precision] = (config["precision"]["dtype"], config["precision"]["attn"])
+    assert got == {"bf16": ("bfloat16", "flash_attention_2"), "fp16": ("float16", "flash_attention_2"),
+                   "fp32": ("float32", "sdpa")}
+    cpu = resolve_config(TrainRequest(size="17m", data=["x.parquet"]), world_size=1, device="cpu")
+    assert (cpu["precision"]["dtype"], cpu["precision"]["attn"]) == ("float32", "sdpa")

@@ -301,9 +301,8 @@ def _validate_batch(path: Path, first_row: int, ids: list, scores: np.ndarray, c
 
 def _last_query_id(path: Path, columns: Columns) -> str | None:
     """The query id of a shard's last row (to know whether the next shard starts mid-query)."""
-    import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path)
     if pf.metadata.num_rows == 0:
         return None
     group = pf.read_row_group(pf.metadata.num_row_groups - 1, columns=[columns.query_id])
@@ -332,7 +331,6 @@ def iter_shard_queries(paths: Sequence[Path], index: int, columns: Columns,
     output shard whatever the shard sizes. A query id that comes back after another query is an error.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     skip_id = _last_query_id(paths[index - 1], columns) if index > 0 else None
     seen: set[str] = set()
@@ -353,7 +351,7 @@ def iter_shard_queries(paths: Sequence[Path], index: int, columns: Columns,
 
     for file_index in range(index, len(paths)):
         path = paths[file_index]
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         file_has_positive = check_columns(path, pf.schema_arrow, columns)
         if has_positive is None:
             has_positive = file_has_positive
@@ -394,6 +392,17 @@ def iter_shard_queries(paths: Sequence[Path], index: int, columns: Columns,
         skip_id = None
     if current is not None:
         yield flush()
+
+
+def open_parquet(path: Any) -> Any:
+    """`pq.ParquetFile(path)`, with a one-line error for a file that is not readable parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise EttinError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
 
 
 def select_table(group: QueryGroup, config: SelectionConfig) -> tuple[Any, QuerySelection]:
@@ -445,9 +454,8 @@ def input_shards(path: str | Path) -> list[Path]:
 
 def _output_schema(path: Path) -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pq.ParquetFile(path).schema_arrow
+    schema = open_parquet(path).schema_arrow
     return schema.append(pa.field("teacher_rank", pa.int32())).append(pa.field("selected_by", pa.string()))
 
 
@@ -460,7 +468,6 @@ def select(input_path: str | Path, output: str | Path, config: SelectionConfig, 
     manifest once every shard exists.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from ettin_cli import console, shards
     from ettin_cli.console import logger
@@ -470,7 +477,7 @@ def select(input_path: str | Path, output: str | Path, config: SelectionConfig, 
     rank = current_rank(num_shards, shard_index)
     paths = input_shards(input_path)
     for path in paths:  # fail on a missing column before any work
-        check_columns(path, pq.ParquetFile(path).schema_arrow, columns)
+        check_columns(path, open_parquet(path).schema_arrow, columns)
     run_config = {
         "step": "select",
         "input": str(input_path),
@@ -484,7 +491,7 @@ def select(input_path: str | Path, output: str | Path, config: SelectionConfig, 
     todo = [i for i in range(len(paths)) if owned(i, rank) and i not in done]
     logger.info(f"select: {len(paths)} input shard(s); {len(todo)} to do on rank {rank.rank}/{rank.world_size}, "
                 f"{len(done)} already complete")
-    total_rows = sum(pq.ParquetFile(paths[i]).metadata.num_rows for i in todo)
+    total_rows = sum(open_parquet(paths[i]).metadata.num_rows for i in todo)
     with console.progress(total_rows, "select", unit="rows") as bar:
         for i in todo:
             counts = SelectionCounts()

@@ -137,6 +137,12 @@ def check_student(model: CrossEncoder) -> None:
         raise EttinError(f"not an Ettin reranker student: pooling is {model[1].pooling_mode!r}, expected 'cls'")
     if model[4].module_output_name != "scores" or model[4].out_features != 1:
         raise EttinError("not an Ettin reranker student: the last Dense must write one `scores` value")
+    hidden = model[2].in_features
+    if (model[2].out_features != hidden or model[2].linear.bias is not None
+            or not isinstance(model[2].activation_function, torch.nn.GELU) or model[4].in_features != hidden
+            or tuple(model[3].norm.normalized_shape) != (hidden,)):
+        raise EttinError("not an Ettin reranker student: the head must be Dense(H, H, no bias, GELU), "
+                         "LayerNorm(H), Dense(H, 1)")
     if not isinstance(model.activation_fn, torch.nn.Identity):
         raise EttinError(f"not an Ettin reranker student: activation is {type(model.activation_fn).__name__}, "
                          "expected Identity (raw logits)")

@@ -186,8 +186,10 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
         raise EttinError(f"{where}: training.precision '{train.get('precision')}' is not one of bf16, fp16, fp32")
     wanted_attn = str(train.get("attn_implementation", "flash_attention_2"))
     prec = resolve_precision(device, req.dtype, req.attn)
-    if req.dtype == "auto" and wanted_dtype == "float32":
-        prec = resolve_precision(device, "float32", "sdpa" if req.attn == "auto" else req.attn)
+    if req.dtype == "auto" and prec.dtype != "float32" and wanted_dtype != prec.dtype:
+        # The recipe's precision where the hardware runs mixed precision at all (fp32 on a CPU either way).
+        prec = resolve_precision(device, wanted_dtype, "sdpa" if wanted_dtype == "float32" and req.attn == "auto"
+                                 else req.attn)
 
     base_model = req.base_model or _recipe_value(recipe, "model", "backbone", where)
     if _is_local(base_model):
@@ -509,7 +511,7 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
     if kind == "file":
         return _load_files([Path(source)], cache_dir, source)
     if kind == "files-dir":
-        files = sorted(Path(source).rglob("*.parquet")) or sorted(Path(source).rglob("*.jsonl"))
+        files = sorted([*Path(source).rglob("*.parquet"), *Path(source).rglob("*.jsonl")])
         return _load_files(files, cache_dir, source)
     return _load_configs(source, split, cache_dir, required=required, holdout=holdout)
 
