@@ -27,6 +27,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`ettin ARGS` in this process (no subprocess start-up): (exit code, stdout, stderr)."""
+    from ettin_cli.cli import main
+
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def cranfield_path() -> Path | None:
     """`../shared/data/cranfield` beside the checkout (or `$ETTIN_CRANFIELD`), if it is there."""
     env = os.environ.get("ETTIN_CRANFIELD")

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ettin_cli import bench
 from ettin_cli.bench import (
@@ -221,13 +222,6 @@ def test_set_unpadded_on_a_student_needs_flash_attention(tiny_student_path):
 # -------------------------------------------------------------------------------------------------- CLI
 
 
-def run_cli(args, capsys):
-    from ettin_cli.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def test_bench_cli_on_cpu_prints_the_table(tiny_student_path, tiny_qwen2_teacher_path, cranfield_dir, tmp_path,

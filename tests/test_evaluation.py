@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ettin_cli.beir import BeirDataset, load_beir
 from ettin_cli.errors import EttinError
@@ -183,13 +184,6 @@ def test_trec_run_round_trips_through_ir_measures(tmp_path):
 # ------------------------------------------------------------------------------------------------- the CLI
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from ettin_cli.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def trec_qrels(dataset: BeirDataset, path: Path) -> Path:

@@ -16,24 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 
 from ettin_cli.errors import EttinError
 
 MAX_LENGTH = "256"
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """`ettin ARGS` in this process: (exit code, stdout, stderr)."""
-    from ettin_cli.cli import main
-
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(err: str) -> str:

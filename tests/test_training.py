@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, make_pairs
+from conftest import REPO_ROOT, make_pairs, run_cli
 
 from ettin_cli.beir import BeirDataset
-from ettin_cli.cli import main
 from ettin_cli.errors import EttinError
 from ettin_cli.training import (
     CHECKPOINT_RECORD,
@@ -42,15 +41,6 @@ STEPS = 8
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def recipe_md_table() -> dict[str, dict[str, str]]:
