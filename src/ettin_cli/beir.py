@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +39,8 @@ class BeirDataset:
                            qrels={q: self.qrels[q] for q in keep})
 
 
-def _read_jsonl(path: Path, what: str) -> list[dict]:
-    if not path.is_file():
-        raise EttinError(f"{path}: {what} file not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv)")
-    rows = []
+def iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a BEIR jsonl file, one line at a time; a bad line names itself."""
     with open(path, encoding="utf-8", errors="strict") as fh:
         try:
             for line_no, line in enumerate(fh, start=1):
@@ -52,12 +50,17 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise EttinError(f"{path} line {line_no}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict) or "_id" not in row:
+                if not isinstance(row, dict) or row.get("_id") in (None, ""):
                     raise EttinError(f"{path} line {line_no}: a row needs an '_id' field")
-                rows.append(row)
+                yield line_no, row
         except UnicodeDecodeError:
             raise EttinError(f"{path}: not valid UTF-8 text") from None
-    return rows
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict]:
+    if not path.is_file():
+        raise EttinError(f"{path}: {what} file not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    return [row for _, row in iter_jsonl_rows(path)]
 
 
 def document_text(row: dict) -> str:

@@ -24,7 +24,6 @@ retriever found.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,17 +113,10 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
 
 def _iter_beir_rows(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, id, text) from a BEIR jsonl file, one line at a time."""
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EttinError(f"{path} line {line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or row.get("_id") in (None, ""):
-                raise EttinError(f"{path} line {line_no}: a row needs an '_id' field")
-            yield line_no, str(row["_id"]), document_text(row)
+    from ettin_cli.beir import iter_jsonl_rows
+
+    for line_no, row in iter_jsonl_rows(path):
+        yield line_no, str(row["_id"]), document_text(row)
 
 
 def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:

@@ -380,25 +380,7 @@ def _open_json(path: Path):
 
 def _iter_json(path: Path, batch_rows: int, columns: list[str] | None, wanted: RowRanges | None,
                offset: int) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-
-    reader = _open_json(path)
-    start = 0
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            raise _arrow_error(path, exc, f"not readable as JSON lines after row {offset + start}") from None
-        except UnicodeDecodeError:
-            raise EttinError(f"{path}: undecodable text (not valid UTF-8) after row {offset + start}") from None
-        table = pa.Table.from_batches([batch])
-        if columns is not None:
-            table = table.select(columns)
-        for piece_start in range(0, table.num_rows, batch_rows):
-            yield start + piece_start, table.slice(piece_start, batch_rows)
-        start += table.num_rows
+    return _iter_reader(path, _open_json(path), "JSON lines", batch_rows, columns, offset)
 
 
 def _open_csv(path: Path, columns: list[str] | None):
@@ -414,9 +396,15 @@ def _open_csv(path: Path, columns: list[str] | None):
 
 def _iter_csv(path: Path, batch_rows: int, columns: list[str] | None, wanted: RowRanges | None,
               offset: int) -> Iterator[tuple[int, Any]]:
+    # The CSV reader already dropped the other columns (include_columns).
+    return _iter_reader(path, _open_csv(path, columns), "CSV", batch_rows, None, offset)
+
+
+def _iter_reader(path: Path, reader: Any, what: str, batch_rows: int, columns: list[str] | None,
+                 offset: int) -> Iterator[tuple[int, Any]]:
+    """Slices of at most `batch_rows` rows from a streaming pyarrow JSON/CSV reader, with their row numbers."""
     import pyarrow as pa
 
-    reader = _open_csv(path, columns)
     start = 0
     while True:
         try:
@@ -424,8 +412,12 @@ def _iter_csv(path: Path, batch_rows: int, columns: list[str] | None, wanted: Ro
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as exc:
-            raise _arrow_error(path, exc, f"not readable as CSV after row {offset + start}") from None
+            raise _arrow_error(path, exc, f"not readable as {what} after row {offset + start}") from None
+        except UnicodeDecodeError:
+            raise EttinError(f"{path}: undecodable text (not valid UTF-8) after row {offset + start}") from None
         table = pa.Table.from_batches([batch])
+        if columns is not None:
+            table = table.select(columns)
         for piece_start in range(0, table.num_rows, batch_rows):
             yield start + piece_start, table.slice(piece_start, batch_rows)
         start += table.num_rows
