@@ -192,8 +192,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ettin_cli.beir import load_beir
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.io.beir import load_beir
+    from ettin_cli.label.teacher import load_teacher
 
     cranfield = cranfield_path()
     if cranfield is None:

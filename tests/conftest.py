@@ -60,7 +60,7 @@ def cranfield_dir() -> Path:
 @pytest.fixture(scope="session")
 def cranfield(cranfield_dir):
     """The Cranfield collection loaded as a `BeirDataset`."""
-    from ettin_cli.beir import load_beir
+    from ettin_cli.io.beir import load_beir
 
     return load_beir(cranfield_dir)
 
@@ -200,8 +200,8 @@ def tiny_qwen2_teacher_path(cranfield_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_student_path(tiny_modernbert_path, tmp_path_factory) -> Path:
     """A saved (untrained) Ettin student CrossEncoder on the tiny ModernBERT backbone, via `student.build_student`."""
-    from ettin_cli.hardware import Precision
-    from ettin_cli.student import build_student
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.student import build_student
 
     out = tmp_path_factory.mktemp("tiny-student") / "student"
     model = build_student(str(tiny_modernbert_path), max_length=512, precision=Precision("float32", "sdpa"),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from ettin_cli import bench
-from ettin_cli.bench import (
+from ettin_cli.core.errors import EttinError
+from ettin_cli.measure import bench
+from ettin_cli.measure.bench import (
     ABLATION,
     Setting,
     bench_pairs,
@@ -20,7 +21,6 @@ from ettin_cli.bench import (
     plan_settings,
     set_unpadded,
 )
-from ettin_cli.errors import EttinError
 
 # ------------------------------------------------------------------------------------------ settings plan
 
@@ -103,7 +103,7 @@ def test_bench_pairs_from_a_parquet_file(cranfield_pairs_parquet, cranfield_pair
 
 
 class FakeClock:
-    """Stands in for `time.perf_counter` inside `ettin_cli.bench`, so timings are exact and instant."""
+    """Stands in for `time.perf_counter` inside `ettin_cli.measure.bench`, so timings are exact and instant."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -198,7 +198,7 @@ def test_measure_keeps_the_median_of_three_passes(fake_cuda, clock):
 
 def test_set_unpadded_switches_the_teacher_packing_without_changing_scores(tiny_qwen2_teacher_path, cranfield_pairs):
     """The packed (FA2 production) path of the mxbai-v2 teacher, exercised on CPU: same scores as padded."""
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     teacher = load_teacher(str(tiny_qwen2_teacher_path), device="cpu", max_length=256)
     queries = [r["query"] for r in cranfield_pairs[:6]]
@@ -211,7 +211,7 @@ def test_set_unpadded_switches_the_teacher_packing_without_changing_scores(tiny_
 
 
 def test_set_unpadded_on_a_student_needs_flash_attention(tiny_student_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     student = load_teacher(str(tiny_student_path), device="cpu")
     assert set_unpadded(student, True) is False  # SDPA on CPU: ST cannot flatten inputs, so run_bench skips

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from ettin_cli.beir import BeirDataset, load_beir
-from ettin_cli.errors import EttinError
-from ettin_cli.evaluation import (
+from ettin_cli.core.errors import EttinError
+from ettin_cli.io.beir import BeirDataset, load_beir
+from ettin_cli.measure.evaluation import (
     compute_metrics,
     evaluate_candidates,
     evaluate_reranker,
@@ -238,7 +238,7 @@ def test_eval_cli_teacher_and_student_in_one_table(small_beir_dir, small_beir, t
 
 
 def test_score_agreement_is_mse_and_rank_correlation():
-    from ettin_cli.evaluation import score_agreement
+    from ettin_cli.measure.evaluation import score_agreement
 
     ref = {"d": {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 0.0, "b": 1.0, "c": 2.0}}}
     shifted = {"d": {q: {k: v + 2.0 for k, v in docs.items()} for q, docs in ref["d"].items()}}

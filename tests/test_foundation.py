@@ -12,11 +12,11 @@ import pytest
 
 from ettin_cli import __version__
 from ettin_cli.cli import COMMAND_MODULES
-from ettin_cli.distributed import Rank, current_rank, owned
-from ettin_cli.errors import EttinError
-from ettin_cli.files import atomic_path, sha256_file, write_json_atomic
-from ettin_cli.hardware import resolve_precision
-from ettin_cli.recipes import available_sizes, deep_merge, load_recipe
+from ettin_cli.core.distributed import Rank, current_rank, owned
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import atomic_path, sha256_file, write_json_atomic
+from ettin_cli.core.hardware import resolve_precision
+from ettin_cli.core.recipes import available_sizes, deep_merge, load_recipe
 
 ETTIN = [sys.executable, "-m", "ettin_cli"]
 
@@ -137,7 +137,7 @@ def test_precision_auto_rules():
 
 
 def test_beir_loader_names_the_bad_line(tmp_path, cranfield_dir):
-    from ettin_cli.beir import load_beir
+    from ettin_cli.io.beir import load_beir
 
     ds = load_beir(cranfield_dir)
     assert len(ds.corpus) == 1400 and len(ds.queries) == 225

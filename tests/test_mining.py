@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ettin_cli import mining, shards
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
+from ettin_cli.data import mining
+from ettin_cli.io import shards
 
 ETTIN = [sys.executable, "-m", "ettin_cli"]
 
@@ -86,7 +87,7 @@ def test_mined_rows_are_contiguous_ranked_and_flag_positives(bm25_run, cranfield
 
 
 def test_mined_candidates_equal_a_direct_bm25_search(bm25_run, cranfield):
-    from ettin_cli.retrieval import bm25_search
+    from ettin_cli.measure.retrieval import bm25_search
 
     out, _ = bm25_run
     rows = by_query(read_rows(out))
@@ -229,7 +230,7 @@ def test_cli_mine_writes_shards_and_reports_bad_input_in_one_line(cranfield_dir,
 
 def test_beir_split_mines_only_its_judged_queries(tmp_path):
     """A BEIR folder's --split picks its queries: train queries never leak into a test-split mining run."""
-    from ettin_cli.mining import MineOptions, mine, resolve_inputs
+    from ettin_cli.data.mining import MineOptions, mine, resolve_inputs
 
     root = tmp_path / "beir"
     (root / "qrels").mkdir(parents=True)

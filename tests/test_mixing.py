@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ettin_cli import mixing, shards
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
+from ettin_cli.data import mixing
+from ettin_cli.io import shards
 
 ETTIN = [sys.executable, "-m", "ettin_cli"]
 VAL_ROWS = 20

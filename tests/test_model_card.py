@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ettin_cli.errors import EttinError
-from ettin_cli.model_card import is_hub_id, render_model_card
+from ettin_cli.core.errors import EttinError
+from ettin_cli.publish.model_card import is_hub_id, render_model_card
 
 
 def record(**overrides) -> dict:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from hub_server import StandInHub
 
-from ettin_cli import hub
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
+from ettin_cli.publish import hub
 
 ORG = "ettin-org"
 USER = "alice"
@@ -103,8 +103,8 @@ def trained_model(tiny_student_path, tiny_modernbert_path, tmp_path_factory) -> 
     """A student folder laid out like `ettin train`'s OUT/final: model files, ettin_training.json, README.md."""
     import shutil
 
-    from ettin_cli.files import write_json_atomic
-    from ettin_cli.model_card import render_model_card
+    from ettin_cli.core.files import write_json_atomic
+    from ettin_cli.publish.model_card import render_model_card
 
     out = tmp_path_factory.mktemp("run") / "final"
     shutil.copytree(tiny_student_path, out)
@@ -136,7 +136,7 @@ def score_dirs(cranfield_pairs, tiny_qwen2_teacher_path, tmp_path_factory) -> li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     root = tmp_path_factory.mktemp("scored")
     half = len(cranfield_pairs) // 2
@@ -190,7 +190,7 @@ def test_model_dry_run_lists_exactly_what_the_push_then_commits(trained_model, s
     and the token nowhere."""
     from sentence_transformers import CrossEncoder
 
-    from ettin_cli.model_card import render_model_card
+    from ettin_cli.publish.model_card import render_model_card
 
     folder = copy_model(trained_model, tmp_path / "final", "# My own card\n\nHand-written.\n")
     repo = f"{ORG}/ettin-reranker-17m-v1"
@@ -247,7 +247,7 @@ def test_model_dry_run_lists_exactly_what_the_push_then_commits(trained_model, s
 
 
 def test_which_card_a_model_push_sends(trained_model, tmp_path):
-    from ettin_cli.model_card import render_model_card
+    from ettin_cli.publish.model_card import render_model_card
 
     repo = f"{ORG}/m"
     info = json.loads((trained_model / hub.TRAINING_RECORD).read_text())
@@ -455,7 +455,7 @@ def test_score_dir_checks(score_dirs, tmp_path):
 
     import pyarrow as pa
 
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     manifest = json.loads((score_dirs[0] / "manifest.json").read_text())
     checked = hub.verify_score_dir(score_dirs[0])

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from ettin_cli.errors import EttinError
-from ettin_cli.retrieval import bm25_search, dense_search
+from ettin_cli.core.errors import EttinError
+from ettin_cli.measure.retrieval import bm25_search, dense_search
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 MAX_LENGTH = "256"
 
@@ -34,7 +34,7 @@ def error_line(err: str) -> str:
 
 
 def read_output(directory: Path) -> pa.Table:
-    from ettin_cli.shards import shard_paths
+    from ettin_cli.io.shards import shard_paths
 
     return pa.concat_tables([pq.read_table(p) for p in shard_paths(directory)])
 
@@ -46,7 +46,7 @@ def score_args(input_path, teacher, output, *extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def teacher(tiny_qwen2_teacher_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     return load_teacher(tiny_qwen2_teacher_path, device="cpu", max_length=int(MAX_LENGTH))
 
@@ -54,7 +54,7 @@ def teacher(tiny_qwen2_teacher_path):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cranfield_pairs_parquet, tiny_qwen2_teacher_path):
     """One uninterrupted single-process run (rows_per_shard 20) that the other runs must reproduce exactly."""
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     out = tmp_path_factory.mktemp("reference")
     result = run_score(ScoreJob(input=str(cranfield_pairs_parquet), output=out, teacher=str(tiny_qwen2_teacher_path),
@@ -82,8 +82,8 @@ def test_score_writes_shards_with_all_columns_and_a_manifest(cranfield_pairs, cr
 
     manifest = json.loads((out / "manifest.json").read_text())
     from ettin_cli import __version__
-    from ettin_cli.files import sha256_file
-    from ettin_cli.teacher import model_fingerprint
+    from ettin_cli.core.files import sha256_file
+    from ettin_cli.label.teacher import model_fingerprint
 
     assert manifest["tool_version"] == __version__
     assert manifest["format"] == "mxbai-v2" and manifest["dtype"] == "float32" and manifest["max_length"] == 256
@@ -110,7 +110,7 @@ def test_rerun_skips_verified_shards_and_redoes_a_damaged_one(reference, cranfie
                                                              tiny_qwen2_teacher_path, tmp_path):
     import shutil
 
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
@@ -186,7 +186,7 @@ def test_two_torchrun_processes_equal_one_process(reference, cranfield_pairs_par
 
 
 def test_job_array_shards_split_the_work(reference, cranfield_pairs_parquet, tiny_qwen2_teacher_path, tmp_path):
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     out = tmp_path / "array"
     results = []
@@ -207,7 +207,7 @@ def test_job_array_shards_split_the_work(reference, cranfield_pairs_parquet, tin
 def test_oom_splits_are_counted_in_the_manifest(cranfield_pairs_parquet, teacher, tmp_path):
     import torch
 
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     real = teacher._forward
 
@@ -321,7 +321,7 @@ def test_help_has_examples(capsys):
 
 
 def test_shards_contract(tmp_path):
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     out = tmp_path / "sharded"
     digest = shards.prepare_output(out, {"step": "demo", "k": 1})

@@ -14,9 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ettin_cli import shards
-from ettin_cli.errors import EttinError
-from ettin_cli.selection import (
+from ettin_cli.core.errors import EttinError
+from ettin_cli.data.selection import (
     BAND,
     FILL,
     HEAD,
@@ -31,6 +30,7 @@ from ettin_cli.selection import (
     select_query,
     subsample,
 )
+from ettin_cli.io import shards
 
 ETTIN = [sys.executable, "-m", "ettin_cli"]
 
@@ -50,7 +50,7 @@ def _query(n: int, n_pos: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_recipe_defaults_match_the_recipe():
-    from ettin_cli.recipes import read_yaml, recipes_dir
+    from ettin_cli.core.recipes import read_yaml, recipes_dir
 
     sel = read_yaml(recipes_dir() / "data.yaml")["selection"]
     cfg = SelectionConfig(keep=sel["keep"], hard=sel["hard"], head=sel["head"], band_count=sel["band_count"],
@@ -210,7 +210,7 @@ def write_scored(table: pa.Table, directory: Path, rows_per_shard: int) -> Path:
 @pytest.fixture(scope="module")
 def scored(cranfield_dir, tmp_path_factory):
     """BM25 top-300 candidates of every Cranfield query with a stand-in teacher score (BM25 + seeded noise)."""
-    from ettin_cli import mining
+    from ettin_cli.data import mining
 
     root = tmp_path_factory.mktemp("select")
     mining.mine(mining.resolve_inputs(cranfield_dir), root / "mined", mining.MineOptions(top_k=300))

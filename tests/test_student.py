@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ettin_cli.errors import EttinError
-from ettin_cli.hardware import Precision
-from ettin_cli.student import (
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import Precision
+from ettin_cli.train.student import (
     build_student,
     check_base_model,
     check_student,
@@ -147,7 +147,7 @@ def test_packed_inputs_follow_once_flash_attention_is_present(student, monkeypat
 
 
 def test_loud_warning_when_fa2_requested_but_not_active(student, monkeypatch):
-    from ettin_cli import student as student_module
+    from ettin_cli.train import student as student_module
 
     warnings: list[str] = []
     monkeypatch.setattr(student_module.logger, "warning", lambda msg, *a, **k: warnings.append(msg))

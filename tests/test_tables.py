@@ -10,8 +10,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from ettin_cli.errors import EttinError
-from ettin_cli.tables import open_input, scan_text_columns
+from ettin_cli.core.errors import EttinError
+from ettin_cli.io.tables import open_input, scan_text_columns
 
 
 def _rows(n, offset=0):
@@ -195,8 +195,8 @@ def test_a_sharded_output_folder_reads_its_verified_shards_only(tmp_path):
     """`ettin score work/mined`: the folder of another step gives its shards, never manifest/run/done json."""
     import pyarrow as pa
 
-    from ettin_cli import shards
-    from ettin_cli.tables import open_input
+    from ettin_cli.io import shards
+    from ettin_cli.io.tables import open_input
 
     out = tmp_path / "mined"
     config = {"step": "test"}

@@ -9,9 +9,9 @@ import logging
 import numpy as np
 import pytest
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
-# The template of ../shared/RECIPE.md, written out here independently of ettin_cli.teacher.
+# The template of ../shared/RECIPE.md, written out here independently of ettin_cli.label.teacher.
 PREFIX = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
           "<|im_start|>user\n")
 TASK = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
@@ -22,7 +22,7 @@ SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def mxbai(tiny_qwen2_teacher_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     return load_teacher(tiny_qwen2_teacher_path, max_length=320, device="cpu")
 
@@ -30,7 +30,7 @@ def mxbai(tiny_qwen2_teacher_path):
 @pytest.fixture(scope="module")
 def long_mxbai(tiny_qwen2_teacher_path):
     """max_length large enough that the query's 3/4 cap binds before the template's fixed tokens do."""
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     return load_teacher(tiny_qwen2_teacher_path, max_length=1024, device="cpu")
 
@@ -45,8 +45,8 @@ def _ids(tokenizer, text):
 
 
 def test_auto_detects_mxbai_and_logs_it(tiny_qwen2_teacher_path):
-    from ettin_cli.console import logger
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.core.console import logger
+    from ettin_cli.label.teacher import load_teacher
 
     records = []
     handler = logging.Handler()
@@ -89,7 +89,7 @@ def test_mxbai_token_layout_matches_the_recipe_template(mxbai):
 
 
 def test_mxbai_instruction_precedes_the_query(tiny_qwen2_teacher_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     teacher = load_teacher(tiny_qwen2_teacher_path, device="cpu", max_length=512, instruction="find aero papers")
     (seq,), _, _ = teacher.encode_pairs(["wing lift"], ["a wing"])
@@ -129,7 +129,7 @@ def test_mxbai_truncation_query_three_quarters_document_the_rest(long_mxbai):
 
 
 def test_max_length_shorter_than_the_template_is_refused(tiny_qwen2_teacher_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     with pytest.raises(EttinError, match="too short"):
         load_teacher(tiny_qwen2_teacher_path, device="cpu", max_length=32)
@@ -208,7 +208,7 @@ def test_input_order_is_restored_and_batching_does_not_change_scores(mxbai, pair
 
 
 def test_plan_batches_invariants():
-    from ettin_cli.teacher import plan_batches
+    from ettin_cli.label.teacher import plan_batches
 
     rng = np.random.default_rng(1)
     lengths = rng.integers(5, 400, size=500)
@@ -303,7 +303,7 @@ def student_path(tiny_modernbert_path, tmp_path_factory):
 
 
 def test_detect_format(tiny_qwen2_teacher_path, student_path, minilm_path, tmp_path):
-    from ettin_cli.teacher import detect_format
+    from ettin_cli.label.teacher import detect_format
 
     assert detect_format(tiny_qwen2_teacher_path) == "mxbai-v2"
     assert detect_format(student_path) == "cross-encoder"
@@ -323,7 +323,7 @@ def test_cross_encoder_student_gives_raw_logits(student_path, pairs):
     import torch
     from sentence_transformers import CrossEncoder
 
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     teacher = load_teacher(student_path, device="cpu")
     assert teacher.format == "cross-encoder"
@@ -341,7 +341,7 @@ def test_cross_encoder_student_gives_raw_logits(student_path, pairs):
 def test_bi_encoder_scores_cosine_similarity(minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     teacher = load_teacher(minilm_path, device="cpu")
     assert teacher.format == "bi-encoder"
@@ -357,7 +357,7 @@ def test_bi_encoder_scores_cosine_similarity(minilm_path):
 
 
 def test_unknown_teacher_is_a_one_line_error(tmp_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     with pytest.raises(EttinError, match="no such folder"):
         load_teacher(str(tmp_path / "nope" / "teacher"))

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_pairs, run_cli
 
-from ettin_cli.beir import BeirDataset
-from ettin_cli.errors import EttinError
-from ettin_cli.training import (
+from ettin_cli.core.errors import EttinError
+from ettin_cli.io.beir import BeirDataset
+from ettin_cli.train.training import (
     CHECKPOINT_RECORD,
     TrainRequest,
     _training_args,
@@ -79,7 +79,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 @pytest.fixture(scope="module")
 def teacher(minilm_path):
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     return load_teacher(str(minilm_path), "bi-encoder", device="cpu", max_length=64)
 
@@ -91,7 +91,7 @@ def scored(cranfield, teacher, tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     root = tmp_path_factory.mktemp("scored")
     train_rows = make_pairs(cranfield, n_queries=24, negatives_per_query=3, seed=3)
@@ -387,8 +387,8 @@ def test_distillation_halves_the_held_out_mse_to_the_teacher(trained, scored, ti
     held-out pairs must agree with this independent computation."""
     from sentence_transformers import CrossEncoder
 
-    from ettin_cli.hardware import Precision
-    from ettin_cli.student import build_student
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.student import build_student
 
     pairs = [(r["query"], r["document"]) for r in scored["held"]]
     target = np.asarray(scored["held_scores"], dtype=np.float64)
@@ -546,9 +546,9 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MSELoss
 
-    from ettin_cli.hardware import Precision
-    from ettin_cli.student import build_student
-    from ettin_cli.training import _trainer_class
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.student import build_student
+    from ettin_cli.train.training import _trainer_class
 
     seen = []
 
@@ -576,8 +576,8 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
     """select -> score: the training record (and so the card) names the teacher that really made the scores."""
     import pyarrow as pa
 
-    from ettin_cli import shards
-    from ettin_cli.training import _score_dir_teacher
+    from ettin_cli.io import shards
+    from ettin_cli.train.training import _score_dir_teacher
 
     scored, selected = tmp_path / "scored", tmp_path / "selected"
     for folder, config, extra in ((scored, {"step": "score", "teacher": None, "teacher_sha256": "ab" * 32},
@@ -595,7 +595,7 @@ def test_a_folder_of_parquet_and_jsonl_is_refused_not_half_read(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ettin_cli.training import load_pairs
+    from ettin_cli.train.training import load_pairs
 
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -610,8 +610,8 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
     """On a (faked) H100 with flash-attn: the recipe's bf16 -> bf16 + FA2, fp16 -> fp16, fp32 -> fp32 + SDPA."""
     import torch
 
-    from ettin_cli import hardware
-    from ettin_cli.training import TrainRequest, resolve_config
+    from ettin_cli.core import hardware
+    from ettin_cli.train.training import TrainRequest, resolve_config
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(hardware, "flash_attn_installed", lambda: True)

@@ -12,8 +12,9 @@ import sys
 
 import typer
 
-from ettin_cli import __version__, console
-from ettin_cli.errors import EttinError
+from ettin_cli import __version__
+from ettin_cli.core import console
+from ettin_cli.core.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
 COMMAND_MODULES = ["env", "mine", "score", "select", "mix", "train", "eval", "bench", "push"]

@@ -58,7 +58,10 @@ def bench_command(
     import json
     import sys
 
-    from ettin_cli.bench import (
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.hardware import resolve_device
+    from ettin_cli.measure.bench import (
         bench_pairs,
         bench_table,
         default_memory_limit,
@@ -66,9 +69,6 @@ def bench_command(
         run_bench,
         write_bench,
     )
-    from ettin_cli.console import logger
-    from ettin_cli.errors import EttinError
-    from ettin_cli.hardware import resolve_device
 
     if batch_size is not None and batch_size < 1:
         raise EttinError(f"--batch-size must be at least 1, got {batch_size}")

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    from ettin_cli.hardware import describe
+    from ettin_cli.core.hardware import describe
 
     info = describe()
     if as_json:

@@ -55,9 +55,9 @@ def eval_command(
     import json
     import sys
 
-    from ettin_cli.console import logger
-    from ettin_cli.errors import EttinError
-    from ettin_cli.evaluation import compare_models, report_tables
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.measure.evaluation import compare_models, report_tables
 
     if batch_size is not None and batch_size < 1:
         raise EttinError(f"--batch-size must be at least 1, got {batch_size}")

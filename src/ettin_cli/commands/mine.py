@@ -55,7 +55,7 @@ def mine(
     num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
     shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
 ) -> None:
-    from ettin_cli import mining, mixing
+    from ettin_cli.data import mining, mixing
 
     data, where = mixing.load_data_recipe(recipe)
     defaults = mixing.section(data, "mining", where)

@@ -44,8 +44,8 @@ def mix(
     list_only: bool = typer.Option(False, "--list", help="Print the sources, their origin and cap; build nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace subsets built with another configuration."),
 ) -> None:
-    from ettin_cli import mixing
-    from ettin_cli.errors import EttinError
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.data import mixing
 
     data, where = mixing.load_data_recipe(recipe)
     plan = mixing.load_plan(data, where)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 HELP = (
     "Publish a trained model folder, or `ettin score` outputs as a dataset, to the Hugging Face Hub.\n\n"
@@ -52,8 +52,8 @@ def push(
     retries: int = typer.Option(5, "--retries", min=0, max=20,
                                 help="Retries per network step on transient Hub errors (exponential backoff)."),
 ) -> None:
-    from ettin_cli import hub
-    from ettin_cli.console import logger
+    from ettin_cli.core.console import logger
+    from ettin_cli.publish import hub
 
     repo_id = hub.validate_repo_id(repo_id)
     if repo_type not in hub.REPO_TYPES:

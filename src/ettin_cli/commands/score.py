@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 HELP = (
     "Label (query, document) pairs with a teacher: sharded parquet with a float32 `score` column.\n\n"
@@ -74,7 +74,7 @@ def score(
     shard_index: int | None = typer.Option(None, "--shard-index", help="Job arrays: this worker's index in "
                                            "[0, --num-shards)."),
 ) -> None:
-    from ettin_cli.scoring import ScoreJob, run_score
+    from ettin_cli.label.scoring import ScoreJob, run_score
 
     for name, value in (("--rows-per-shard", rows_per_shard), ("--limit", limit), ("--max-length", max_length),
                         ("--batch-size", batch_size), ("--max-tokens-per-batch", max_tokens_per_batch),

@@ -52,9 +52,9 @@ def select(
     num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
     shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
 ) -> None:
-    from ettin_cli import mixing, selection
-    from ettin_cli.console import logger
-    from ettin_cli.errors import EttinError
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.data import mixing, selection
 
     data, where = mixing.load_data_recipe(recipe)
     d = mixing.section(data, "selection", where)

@@ -74,7 +74,7 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as JSON and exit (loads nothing)."),
 ) -> None:
-    from ettin_cli.training import TrainRequest, resolve_config
+    from ettin_cli.train.training import TrainRequest, resolve_config
 
     request = TrainRequest(
         size=size, recipe_file=str(recipe) if recipe else None, data=data or None,
@@ -89,8 +89,8 @@ def train(
     if print_config:
         typer.echo(json.dumps(config, indent=2))
         return
-    from ettin_cli.student import check_base_model
-    from ettin_cli.training import run_training
+    from ettin_cli.train.student import check_base_model
+    from ettin_cli.train.training import run_training
 
     check_base_model(config["backbone"])
     record = run_training(config)

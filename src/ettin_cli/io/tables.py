@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 DEFAULT_BATCH_ROWS = 4096
@@ -154,7 +154,7 @@ def open_input(spec: str | os.PathLike[str], *, config: str | None = None, split
             raise EttinError(f"{path}: unsupported input type '{path.suffix}' (use .parquet, .jsonl or .csv)")
         return InputSource(spec=str(spec), kind="files", files=[path])
     if path.is_dir():
-        from ettin_cli import shards
+        from ettin_cli.io import shards
 
         if (path / shards.MANIFEST_FILE).is_file():
             # The finished output of a sharded step (mine, score, select, mix): exactly its verified shards.
@@ -274,7 +274,7 @@ def scan_text_columns(source: InputSource, query_column: str, document_column: s
 
 
 def _sha256(path: Path) -> str:
-    from ettin_cli.files import sha256_file
+    from ettin_cli.core.files import sha256_file
 
     return sha256_file(path)
 

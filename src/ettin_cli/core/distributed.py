@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 
 @dataclass(frozen=True)

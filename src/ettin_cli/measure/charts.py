@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ettin_cli.files import atomic_path
+from ettin_cli.core.files import atomic_path
 
 
 def _pyplot():

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ettin_cli.console import logger
-from ettin_cli.errors import EttinError
-from ettin_cli.hardware import Precision
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import Precision
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -51,7 +51,7 @@ def model_kwargs_for(precision: Precision, *, for_training: bool) -> dict[str, A
     """
     import torch
 
-    from ettin_cli.hardware import torch_dtype
+    from ettin_cli.core.hardware import torch_dtype
 
     dtype = torch.float32 if for_training else torch_dtype(precision.dtype)
     return {"dtype": dtype, "attn_implementation": precision.attn}
@@ -104,7 +104,7 @@ def build_student(
 
 def torch_dtype_of(precision: Precision):
     """The torch dtype of `precision` (helper kept here so callers need not import hardware and torch)."""
-    from ettin_cli.hardware import torch_dtype
+    from ettin_cli.core.hardware import torch_dtype
 
     return torch_dtype(precision.dtype)
 

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ettin_cli import console
-from ettin_cli.errors import EttinError
+from ettin_cli.core import console
+from ettin_cli.core.errors import EttinError
 
 DEFAULT_DATA = "nanobeir:nq"  # natural-questions pairs, as in the published throughput table
 PADDINGS = ("auto", "padded", "unpadded", "both")
@@ -68,7 +68,7 @@ def plan_settings(device: str, dtypes: Sequence[str] = ("auto",), attns: Sequenc
     (unpadded exactly when Flash Attention 2 runs), `padded`, `unpadded` or `both`. `capability` and
     `fa2_available` stand in for the GPU facts, so the plan is testable without a GPU.
     """
-    from ettin_cli.hardware import ATTNS, DTYPES, resolve_precision
+    from ettin_cli.core.hardware import ATTNS, DTYPES, resolve_precision
 
     if padding not in PADDINGS:
         raise EttinError(f"--padding must be one of {', '.join(PADDINGS)}, got '{padding}'")
@@ -133,7 +133,7 @@ def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 40
     rng = random.Random(seed)
     text = str(data)
     if text.lower().startswith("nanobeir"):
-        from ettin_cli.evaluation import load_nanobeir
+        from ettin_cli.measure.evaluation import load_nanobeir
 
         names = [n for n in text.split(":", 1)[1].split(",") if n] if ":" in text else ["nq"]
         datasets, candidates = load_nanobeir(names)
@@ -160,7 +160,7 @@ def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 40
 
 
 def _beir_pairs(path: Path, rng: random.Random, docs_per_query: int) -> list[tuple[str, str]]:
-    from ettin_cli.beir import load_beir
+    from ettin_cli.io.beir import load_beir
 
     ds = load_beir(path, require_qrels=False)
     doc_ids = list(ds.corpus)
@@ -413,15 +413,15 @@ def run_bench(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Time every model under every setting (skipped settings are recorded with their reason, not run)."""
-    from ettin_cli.hardware import describe
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.core.hardware import describe
+    from ettin_cli.label.teacher import load_teacher
 
     models = [str(m) for m in models]
     if not models:
         raise EttinError("give at least one MODEL to benchmark")
     if max_length < 8:
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
-    from ettin_cli.evaluation import expand_formats, model_labels, resolve_model
+    from ettin_cli.measure.evaluation import expand_formats, model_labels, resolve_model
 
     formats = expand_formats(models, formats)
 
@@ -487,8 +487,8 @@ def bench_table(report: dict[str, Any]) -> Any:
 
 def write_bench(report: dict[str, Any], output_dir: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     """`bench.json` and, when at least one setting ran, `bench.png` under `output_dir` (atomic writes)."""
-    from ettin_cli.charts import bench_chart
-    from ettin_cli.files import write_json_atomic
+    from ettin_cli.core.files import write_json_atomic
+    from ettin_cli.measure.charts import bench_chart
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -11,7 +11,7 @@ import importlib.util
 import platform
 from dataclasses import dataclass
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTNS = ("auto", "sdpa", "eager", "flash_attention_2")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 # Roles written to the `selected_by` column: why a row was kept.
 POSITIVE, HEAD, BAND, FILL = "positive", "head", "band", "fill"
@@ -432,7 +432,7 @@ def short_summary(counts: dict[str, Any]) -> str:
 def input_shards(path: str | Path) -> list[Path]:
     """The parquet files of a scored input, in order: a sharded output (checked against its manifest), one
     parquet file, or a folder of parquet files (name order)."""
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     root = Path(path)
     if root.is_file():
@@ -469,9 +469,10 @@ def select(input_path: str | Path, output: str | Path, config: SelectionConfig, 
     """
     import pyarrow as pa
 
-    from ettin_cli import console, shards
-    from ettin_cli.console import logger
-    from ettin_cli.distributed import current_rank, owned
+    from ettin_cli.core import console
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.distributed import current_rank, owned
+    from ettin_cli.io import shards
 
     config.validate()
     rank = current_rank(num_shards, shard_index)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli import __version__
-from ettin_cli.errors import EttinError
-from ettin_cli.files import atomic_path, sha256_file, write_json_atomic
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import atomic_path, sha256_file, write_json_atomic
 
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ettin_cli import __version__
-from ettin_cli.console import logger
-from ettin_cli.errors import EttinError
-from ettin_cli.files import write_json_atomic, write_text_atomic
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -127,9 +127,9 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
 
     `world_size` defaults to torchrun's `WORLD_SIZE`; `device` to what `hardware.resolve_device` picks here.
     """
-    from ettin_cli.distributed import current_rank
-    from ettin_cli.hardware import resolve_device, resolve_precision
-    from ettin_cli.recipes import load_recipe
+    from ettin_cli.core.distributed import current_rank
+    from ettin_cli.core.hardware import resolve_device, resolve_precision
+    from ettin_cli.core.recipes import load_recipe
 
     if req.size is None and req.recipe_file is None:
         raise EttinError("give --size (17m, 32m, 68m, 150m, 400m, 1b) or --recipe FILE")
@@ -211,7 +211,7 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
     if req.eval_data:
         bench = {"benchmark": "beir", "datasets": [_normalise_source(s) for s in req.eval_data]}
     else:
-        from ettin_cli.evaluation import NANOBEIR_SETS
+        from ettin_cli.measure.evaluation import NANOBEIR_SETS
 
         bench = {"benchmark": "nanobeir", "datasets": list(NANOBEIR_SETS)}
     primary = primary_metric_name(bench["benchmark"], top_k)
@@ -502,7 +502,7 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
                  holdout: str = "validation") -> Dataset | None:
     kind = _source_kind(source)
     if kind == "score-dir":
-        from ettin_cli.shards import shard_paths
+        from ettin_cli.io.shards import shard_paths
 
         files = shard_paths(source)  # in order, each checked against the manifest's size and SHA-256
         if not files:
@@ -616,7 +616,7 @@ def _score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
     An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
     that folder as `input`, which is followed back (a few steps at most).
     """
-    from ettin_cli.shards import read_manifest
+    from ettin_cli.io.shards import read_manifest
 
     manifest = read_manifest(source)
     config = manifest.get("config") or {}
@@ -653,7 +653,7 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
     """The offline evaluator: BM25 top-`top_k` computed once, reranked by the model at every evaluation."""
     from sentence_transformers.base.evaluation import BaseEvaluator
 
-    from ettin_cli.evaluation import evaluate_reranker, load_eval_data, retrieve_candidates
+    from ettin_cli.measure.evaluation import evaluate_reranker, load_eval_data, retrieve_candidates
 
     datasets, known = load_eval_data(list(dirs), top_k=top_k)
     datasets = _limit_queries(datasets, max_queries)
@@ -859,7 +859,7 @@ def _callbacks(config: dict[str, Any], meter: TokenMeter):
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
-            from ettin_cli.console import progress
+            from ettin_cli.core.console import progress
 
             remaining = max(state.max_steps - state.global_step, 0) * global_batch
             self._cm = progress(remaining, "training", unit="pairs")
@@ -986,9 +986,9 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
     from sentence_transformers.cross_encoder.losses import MSELoss
     from transformers import PrinterCallback, ProgressCallback
 
-    from ettin_cli.distributed import current_rank
-    from ettin_cli.hardware import Precision
-    from ettin_cli.student import build_student, check_unpadding, count_parameters
+    from ettin_cli.core.distributed import current_rank
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.student import build_student, check_unpadding, count_parameters
 
     rank = current_rank()
     if rank.world_size != config["world_size"]:
@@ -1150,7 +1150,7 @@ def _training_rates(history: list[dict[str, Any]], global_batch: int) -> dict[st
 
 def _write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: list[dict[str, Any]],
                    after: dict[str, Any], primary: str) -> None:
-    from ettin_cli.model_card import render_model_card
+    from ettin_cli.publish.model_card import render_model_card
 
     write_json_atomic(final_tmp / TRAINING_RECORD, record)
     write_text_atomic(final_tmp / "README.md", render_model_card(record))
@@ -1191,7 +1191,7 @@ def plot_curves(path: Path, losses: list[dict[str, Any]], evals: list[dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ettin_cli.files import atomic_path
+    from ettin_cli.core.files import atomic_path
 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([e["step"] for e in losses], [e["loss"] for e in losses], label="train loss (MSE)")

@@ -17,8 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ettin_cli import console
-from ettin_cli.errors import EttinError
+from ettin_cli.core import console
+from ettin_cli.core.errors import EttinError
 
 SearchResults = dict[str, list[tuple[str, float]]]
 

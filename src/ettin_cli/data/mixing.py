@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ettin_cli import console
-from ettin_cli.console import logger
-from ettin_cli.errors import EttinError
-from ettin_cli.files import write_json_atomic
+from ettin_cli.core import console
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import write_json_atomic
 
 GROUPS = ("pre-training", "retrieval")
 OUTPUT_COLUMNS = ("query", "document", "score")
@@ -195,7 +195,7 @@ def apply_options(plan: MixPlan, *, overrides: dict[str, str] | None = None, cap
 def _paths_of(path: Path) -> Path | list[Path]:
     """A folder written by `ettin score`/`select`/`mix` (manifest + shards) is read through its shard list."""
     if path.is_dir() and (path / "manifest.json").is_file():
-        from ettin_cli import shards
+        from ettin_cli.io import shards
 
         return list(shards.shard_paths(path))
     return path
@@ -205,7 +205,7 @@ class SourceReader:
     """Row count and batches of one source, through `tables.open_input` (local files or a streamed Hub id)."""
 
     def __init__(self, spec: SourceSpec):
-        from ettin_cli import tables
+        from ettin_cli.io import tables
 
         self.spec = spec
         if spec.path:
@@ -277,7 +277,7 @@ def _hub_num_rows(source: Any) -> int | None:
 def _standardize(table: Any, spec: SourceSpec, score_column: str | None) -> Any:
     import pyarrow as pa
 
-    from ettin_cli.tables import text_column
+    from ettin_cli.io.tables import text_column
 
     where = f"source '{spec.name}' ({spec.origin})"
     arrays = [text_column(table, spec.columns["query"], 0, where),
@@ -341,7 +341,7 @@ def _write_subset(out: Path, name: str, config: dict[str, Any], batches: Iterato
     """
     import pyarrow as pa
 
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     target = out / name
     shards.prepare_output(target, config, overwrite)
@@ -508,7 +508,7 @@ def _tail(reader: SourceReader, start: int, stop: int) -> Iterator[Any]:
 
 def _finished_report(directory: Path, config: dict[str, Any]) -> SubsetReport | None:
     """The saved report of a finished subset built with exactly `config` (every shard verified), else None."""
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     if not (directory / shards.MANIFEST_FILE).is_file():
         return None
@@ -529,7 +529,7 @@ def _finished_report(directory: Path, config: dict[str, Any]) -> SubsetReport | 
 
 def load_data_recipe(recipe_file: str | Path | None = None) -> tuple[dict[str, Any], str]:
     """`recipes/data.yaml` (or `--recipe FILE`): the defaults of mine, select and mix, and where they came from."""
-    from ettin_cli.recipes import read_yaml, recipes_dir
+    from ettin_cli.core.recipes import read_yaml, recipes_dir
 
     path = Path(recipe_file) if recipe_file is not None else recipes_dir() / "data.yaml"
     return read_yaml(path), str(path)

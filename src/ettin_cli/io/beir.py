@@ -13,7 +13,7 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 
 @dataclass

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ettin_cli.console import logger
-from ettin_cli.errors import EttinError
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
 
 FORMATS = ("mxbai-v2", "cross-encoder", "bi-encoder")
 
@@ -173,7 +173,7 @@ def model_fingerprint(path: str | os.PathLike[str]) -> str:
     Two folders with the same fingerprint hold byte-identical models, so labels are traceable to the exact
     teacher even when it is a local folder without a Hub revision.
     """
-    from ettin_cli.files import sha256_file
+    from ettin_cli.core.files import sha256_file
 
     root = Path(path)
     digest = hashlib.sha256()
@@ -352,7 +352,7 @@ class MxbaiV2Teacher(_BaseTeacher):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ettin_cli.hardware import torch_dtype
+        from ettin_cli.core.hardware import torch_dtype
 
         super().__init__(name, path, device, dtype, attn, max_length or MXBAI_DEFAULT_MAX_LENGTH, revision)
         self.instruction = instruction
@@ -502,7 +502,7 @@ class MxbaiV2Teacher(_BaseTeacher):
 
 
 def _st_model_kwargs(dtype: str, attn: str) -> dict[str, Any]:
-    from ettin_cli.hardware import torch_dtype
+    from ettin_cli.core.hardware import torch_dtype
 
     return {"dtype": torch_dtype(dtype), "attn_implementation": attn}
 
@@ -686,7 +686,7 @@ class TeacherSpec:
 def resolve_teacher(model: str | os.PathLike[str], format: str = "auto", *, device: str = "auto",
                     dtype: str = "auto", attn: str = "auto", revision: str | None = None) -> TeacherSpec:
     """Find the teacher (local folder or Hub snapshot), decide its format and the precision it will run in."""
-    from ettin_cli.hardware import resolve_device, resolve_precision
+    from ettin_cli.core.hardware import resolve_device, resolve_precision
 
     if format not in ("auto", *FORMATS):
         raise EttinError(f"--teacher-format must be auto or one of {', '.join(FORMATS)}, got '{format}'")

@@ -11,7 +11,7 @@ The loop is built for ~143M pairs through a 1.5B teacher, where a crash at hour 
    in windows of `window_rows` pairs aligned to the shard start, so the batches (and the scores, bit for bit)
    do not depend on which rank, how many ranks, or which attempt scored the shard.
 4. Shards stream into a temp file renamed into place, then get a completion record; the manifest is
-   assembled from the records by whichever rank finishes last (see `ettin_cli.shards`).
+   assembled from the records by whichever rank finishes last (see `ettin_cli.io.shards`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ettin_cli import __version__, console
-from ettin_cli.console import logger
-from ettin_cli.distributed import Rank, current_rank, owned
-from ettin_cli.errors import EttinError
-from ettin_cli.files import write_json_atomic
+from ettin_cli import __version__
+from ettin_cli.core import console
+from ettin_cli.core.console import logger
+from ettin_cli.core.distributed import Rank, current_rank, owned
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import write_json_atomic
 
 SCAN_FILE = "input_scan.json"
 DEFAULT_ROWS_PER_SHARD = 100_000
@@ -98,7 +99,7 @@ def _check_job(job: ScoreJob) -> None:
 
 def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
     """(identity for the run config, a TeacherSpec to load later or the teacher object given)."""
-    from ettin_cli.teacher import model_fingerprint, resolve_teacher
+    from ettin_cli.label.teacher import model_fingerprint, resolve_teacher
 
     if isinstance(job.teacher, (str, Path)):
         spec = resolve_teacher(str(job.teacher), job.teacher_format, device=job.device, dtype=job.dtype,
@@ -131,7 +132,7 @@ def _load_scan(output: Path, config_sha256: str) -> dict[str, Any] | None:
 
 
 def _scan_input(job: ScoreJob, source: Any, config_sha256: str) -> dict[str, Any]:
-    from ettin_cli.tables import scan_text_columns
+    from ettin_cli.io.tables import scan_text_columns
 
     cached = _load_scan(Path(job.output), config_sha256) if Path(job.output).is_dir() else None
     if cached is not None:
@@ -221,9 +222,9 @@ def run_score(job: ScoreJob) -> ScoreResult:
     """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
     import pyarrow as pa
 
-    from ettin_cli.shards import check_output, completed_shards, finalize_manifest, prepare_output
-    from ettin_cli.tables import open_input
-    from ettin_cli.teacher import TeacherSpec
+    from ettin_cli.io.shards import check_output, completed_shards, finalize_manifest, prepare_output
+    from ettin_cli.io.tables import open_input
+    from ettin_cli.label.teacher import TeacherSpec
 
     began = time.perf_counter()
     _check_job(job)
@@ -324,8 +325,8 @@ def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tu
     import numpy as np
     import pyarrow as pa
 
-    from ettin_cli.shards import shard_writer
-    from ettin_cli.tables import invalid_rows, text_column
+    from ettin_cli.io.shards import shard_writer
+    from ettin_cli.io.tables import invalid_rows, text_column
 
     started = time.perf_counter()
     before = teacher.stats.copy()

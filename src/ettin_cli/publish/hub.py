@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ettin_cli import __version__
-from ettin_cli.console import logger, progress
-from ettin_cli.errors import EttinError
+from ettin_cli.core.console import logger, progress
+from ettin_cli.core.errors import EttinError
 
 REPO_TYPES = ("model", "dataset")
 DEFAULT_LICENSE = "apache-2.0"
@@ -247,7 +247,7 @@ def _same_lines(a: bytes, b: bytes | None) -> bool:
 
 
 def _render_card(info: dict[str, Any], repo_id: str | None, folder: Path) -> bytes:
-    from ettin_cli.model_card import render_model_card
+    from ettin_cli.publish.model_card import render_model_card
 
     record = dict(info)
     if repo_id is not None:
@@ -384,8 +384,8 @@ def verify_score_dir(spec: str | Path) -> ScoreDir:
     """
     import pyarrow.parquet as pq
 
-    from ettin_cli import shards as sharding
-    from ettin_cli.files import sha256_file
+    from ettin_cli.core.files import sha256_file
+    from ettin_cli.io import shards as sharding
 
     config, folder = _split_config(spec)
     if not _CONFIG.match(config):

@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ettin_cli import console
-from ettin_cli.beir import BeirDataset, load_beir
-from ettin_cli.errors import EttinError
-from ettin_cli.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
+from ettin_cli.core import console
+from ettin_cli.core.errors import EttinError
+from ettin_cli.io.beir import BeirDataset, load_beir
+from ettin_cli.measure.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
 
 ScoreFn = Callable[[list[str], list[str]], Any]
 Run = dict[str, dict[str, float]]
@@ -339,7 +339,7 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     Scores are written with `repr` precision so a metric recomputed from the file matches the one computed
     in memory.
     """
-    from ettin_cli.files import atomic_path
+    from ettin_cli.core.files import atomic_path
 
     tag = "".join(ch if not ch.isspace() else "_" for ch in tag) or "ettin"
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -383,7 +383,7 @@ def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
 
     Cheap for local folders (config files only), so commands call it for every model before any heavy work.
     """
-    from ettin_cli.teacher import detect_format, resolve_model_path
+    from ettin_cli.label.teacher import detect_format, resolve_model_path
 
     try:
         path, _ = resolve_model_path(model)
@@ -405,7 +405,7 @@ def _release_memory() -> None:
 
 def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
     """One score format per model from `--format` given once (for all models) or once per model, in order."""
-    from ettin_cli.teacher import FORMATS
+    from ettin_cli.label.teacher import FORMATS
 
     formats = list(formats) or ["auto"]
     if len(formats) not in (1, len(models)):
@@ -447,7 +447,7 @@ def compare_models(
     `eval.json` (every number and setting), `eval.png` and one TREC run file per model and dataset under
     `runs/`, all at the end and atomically.
     """
-    from ettin_cli.teacher import load_teacher
+    from ettin_cli.label.teacher import load_teacher
 
     models = [str(m) for m in models]
     if not models:
@@ -467,7 +467,7 @@ def compare_models(
     datasets = [ds.first_queries(max_queries) for ds in datasets]
     retriever_name = "bm25" if retriever.lower() == "bm25" else str(retriever)
     if retriever_name != "bm25":
-        from ettin_cli.hardware import resolve_device
+        from ettin_cli.core.hardware import resolve_device
 
         candidates = retrieve_candidates(datasets, retriever_name, top_k, known=known, device=resolve_device(device))
     else:
@@ -539,8 +539,8 @@ def score_agreement(runs: Mapping[str, Run], reference: Mapping[str, Run]) -> di
 def write_report(report: dict[str, Any], all_runs: Mapping[str, Mapping[str, Run]],
                  output_dir: str | os.PathLike[str]) -> None:
     """`eval.json`, `eval.png` and `runs/<model>/<dataset>.trec` under `output_dir` (each file atomic)."""
-    from ettin_cli.charts import eval_chart
-    from ettin_cli.files import write_json_atomic
+    from ettin_cli.core.files import write_json_atomic
+    from ettin_cli.measure.charts import eval_chart
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

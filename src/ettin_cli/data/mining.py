@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ettin_cli import console
-from ettin_cli.beir import document_text
-from ettin_cli.console import logger
-from ettin_cli.errors import EttinError
+from ettin_cli.core import console
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+from ettin_cli.io.beir import document_text
 
 ID_COLUMNS = ("_id", "id", "doc_id", "docid", "corpus_id", "query_id", "qid")
 TEXT_COLUMNS = ("text", "document", "contents", "content", "passage", "body", "query")
@@ -113,7 +113,7 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
 
 def _iter_beir_rows(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, id, text) from a BEIR jsonl file, one line at a time."""
-    from ettin_cli.beir import iter_jsonl_rows
+    from ettin_cli.io.beir import iter_jsonl_rows
 
     for line_no, row in iter_jsonl_rows(path):
         yield line_no, str(row["_id"]), document_text(row)
@@ -133,7 +133,7 @@ def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], wha
 
 def _iter_table_rows(src: TextSource, batch_size: int = 8192) -> Iterator[tuple[int, str, str]]:
     """(row number, id, text) from a parquet/jsonl/csv table, read in batches through `tables`."""
-    from ettin_cli import tables
+    from ettin_cli.io import tables
 
     source = tables.open_input(src.path)
     names = source.column_names
@@ -191,7 +191,7 @@ def scan_corpus_ids(src: TextSource) -> set[str]:
 
 def read_qrels(path: Path, queries: dict[str, str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
     """The qrels of a mining run, checked against the queries and the corpus ids (see `beir.read_qrels`)."""
-    from ettin_cli.beir import read_qrels as read_beir_qrels
+    from ettin_cli.io.beir import read_qrels as read_beir_qrels
 
     return read_beir_qrels(path, corpus=doc_ids, queries=queries)
 
@@ -218,11 +218,11 @@ def iter_corpus_chunks(src: TextSource, chunk_size: int) -> Iterator[tuple[int, 
 
 def make_search(retriever: str, *, batch_size: int = 64, device: str | None = None) -> tuple[SearchFn, str]:
     """A search function for `bm25` or a bi-encoder (loaded once, reused for every chunk and block)."""
-    from ettin_cli import retrieval
+    from ettin_cli.measure import retrieval
 
     if retriever.lower() == "bm25":
         return (lambda corpus, queries, k: retrieval.bm25_search(corpus, queries, k)), "bm25"
-    from ettin_cli.hardware import resolve_device
+    from ettin_cli.core.hardware import resolve_device
 
     model = retrieval._load_bi_encoder(retriever, resolve_device(device))
 
@@ -357,8 +357,8 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
     Resumable: shards already complete (valid completion record) are skipped. Returns the manifest summary
     once every shard exists (on the rank that finishes last), else a partial summary of this rank's work.
     """
-    from ettin_cli import shards
-    from ettin_cli.distributed import current_rank, owned
+    from ettin_cli.core.distributed import current_rank, owned
+    from ettin_cli.io import shards
 
     options.validate()
     rank = current_rank(num_shards, shard_index)
@@ -429,7 +429,7 @@ def _size(path: Path) -> int:
 
 def finish(out: Path, n_blocks: int, config: dict[str, Any], has_qrels: bool) -> dict[str, Any]:
     """Assemble the manifest once every shard is complete; the summary includes recall@k when judged."""
-    from ettin_cli import shards
+    from ettin_cli.io import shards
 
     records = shards.completed_shards(out)
     summary: dict[str, Any] = {"shards": n_blocks, "shards_complete": len(records),

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ettin_cli.errors import EttinError
+from ettin_cli.core.errors import EttinError
 
 SHARED_NAME = "shared"
 # Files in recipes/ that are not student sizes.
@@ -23,7 +23,7 @@ def recipes_dir() -> Path:
     env = os.environ.get("ETTIN_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return Path(__file__).resolve().parents[3] / "recipes"
 
 
 def available_sizes() -> list[str]:

@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, atomic files, console/progress, ranks, hardware choices, recipes."""

@@ -1,0 +1,1 @@
+"""Building training pairs: mining candidates, selecting per query, mixing subsets."""

@@ -1,0 +1,1 @@
+"""Reading and writing tables: input readers, sharded parquet folders, BEIR collections."""

@@ -1,0 +1,1 @@
+"""Labelling pairs with a teacher: judge formats and sharded scoring."""

@@ -1,0 +1,1 @@
+"""Measuring models: retrieval, reranking metrics, evaluation, throughput benchmarks, charts."""

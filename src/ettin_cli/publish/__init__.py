@@ -1,0 +1,1 @@
+"""Publishing: Hub uploads and model cards."""

@@ -1,0 +1,1 @@
+"""Distilling a student: its architecture, the training configuration and the run."""
