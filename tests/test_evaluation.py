@@ -235,6 +235,51 @@ def test_eval_cli_teacher_and_student_in_one_table(small_beir_dir, small_beir, t
     expected = sum((student[k] - teacher[k]) ** 2 for k in student) / len(student)
     assert agreement["mse"] == pytest.approx(expected, rel=1e-5)
     assert -1.0 <= agreement["spearman"] <= 1.0
+    # The quality flags follow the numbers: below the retriever line, MSE above the teacher's score variance.
+    teacher_scores = list(teacher.values())
+    mean = sum(teacher_scores) / len(teacher_scores)
+    assert agreement["reference_variance"] == pytest.approx(
+        sum((s - mean) ** 2 for s in teacher_scores) / len(teacher_scores), rel=1e-5)
+    for entry in entries[1:]:
+        expected_flags = []
+        if entry["mean"]["ndcg@10"] < entries[0]["mean"]["ndcg@10"]:
+            expected_flags.append("below_retriever")
+        if entry.get("agreement") and entry["agreement"]["mse"] > entry["agreement"]["reference_variance"]:
+            expected_flags.append("mse_above_variance")
+        assert entry["flags"] == expected_flags
+        for flag in expected_flags:
+            word = {"below_retriever": "BELOW the retriever", "mse_above_variance": "ABOVE the variance"}[flag]
+            assert f"{entry['model']}: " in err and word in err
+
+
+def test_quality_flags_catch_a_reranker_worse_than_the_retriever_or_a_constant():
+    from ettin_cli.measure.evaluation import quality_flags, warn_quality
+
+    entries = [
+        {"model": "bm25 (retriever)", "role": "retriever", "mean": {"ndcg@10": 0.40}},
+        {"model": "good", "role": "reranker", "mean": {"ndcg@10": 0.55},
+         "agreement": {"reference": "t", "mse": 0.1, "reference_variance": 1.0}},
+        {"model": "bad", "role": "reranker", "mean": {"ndcg@10": 0.20},
+         "agreement": {"reference": "t", "mse": 2.0, "reference_variance": 1.0}},
+    ]
+    flags = quality_flags(entries)
+    assert flags == {"bad": ["below_retriever", "mse_above_variance"]}
+    import io
+    import logging
+
+    from ettin_cli.core.console import logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        warn_quality(entries, flags)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "bad: NDCG@10 0.2000 is BELOW the retriever's 0.4000" in text
+    assert "bad: MSE to t 2.0000 is ABOVE the variance of its scores 1.0000" in text
+    assert "good" not in text
 
 
 def test_score_agreement_is_mse_and_rank_correlation():
@@ -243,7 +288,11 @@ def test_score_agreement_is_mse_and_rank_correlation():
     ref = {"d": {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 0.0, "b": 1.0, "c": 2.0}}}
     shifted = {"d": {q: {k: v + 2.0 for k, v in docs.items()} for q, docs in ref["d"].items()}}
     reversed_ = {"d": {q: {k: -v for k, v in docs.items()} for q, docs in ref["d"].items()}}
-    assert score_agreement(ref, ref) == {"mse": 0.0, "spearman": pytest.approx(1.0), "pairs": 6}
+    same = score_agreement(ref, ref)
+    assert (same["mse"], same["spearman"], same["pairs"]) == (0.0, pytest.approx(1.0), 6)
+    # var(ref) over the 6 pairs {3,2,1,0,1,2}: mean 1.5, variance 0.9166..; shifted by 2 -> MSE 4 > variance.
+    assert same["reference_variance"] == pytest.approx(11 / 12)
+    assert score_agreement(shifted, ref)["mse_over_variance"] == pytest.approx(4.0 / (11 / 12))
     assert score_agreement(shifted, ref)["mse"] == pytest.approx(4.0)
     assert score_agreement(shifted, ref)["spearman"] == pytest.approx(1.0)
     assert score_agreement(reversed_, ref)["spearman"] == pytest.approx(-1.0)

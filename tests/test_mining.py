@@ -244,3 +244,31 @@ def test_beir_split_mines_only_its_judged_queries(tmp_path):
         mine(resolve_inputs(root, split=split), tmp_path / split, MineOptions(top_k=3))
         table = pq.read_table(sorted((tmp_path / split).glob("part-*.parquet"))[0])
         assert set(table.column("query_id").to_pylist()) == expected
+
+
+def test_mining_says_which_split_fed_its_queries(tmp_path):
+    """The log names the qrels split and how many of all queries it kept (train vs test must not be mixed up)."""
+    import io
+    import logging
+
+    from ettin_cli.core.console import logger
+    from ettin_cli.data.mining import MineOptions, mine, resolve_inputs
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"wing {i}"}) + "\n"
+                                               for i in range(4)))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"wing {i}"}) + "\n"
+                                                for i in range(3)))
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        mine(resolve_inputs(root, split="train"), tmp_path / "out", MineOptions(top_k=2))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert "the 2 of 3 queries judged in" in stream.getvalue() and "(split 'train')" in stream.getvalue()

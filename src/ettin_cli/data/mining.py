@@ -369,7 +369,15 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
     if inputs.qrels is not None:
         qrels = read_qrels(inputs.qrels, queries, doc_ids or set())
     if inputs.judged_only and qrels is not None:
+        total = len(queries)
         queries = {qid: text for qid, text in queries.items() if qid in qrels}
+        # Say which split fed the queries: mining the split you later evaluate on trains on the test queries.
+        logger.info(f"mine: the {len(queries):,} of {total:,} queries judged in {inputs.qrels} "
+                    f"(split '{inputs.qrels.stem}'); evaluate on another split")
+    elif qrels is not None:
+        logger.info(f"mine: all {len(queries):,} queries of {inputs.queries.path}; positives from {inputs.qrels}")
+    else:
+        logger.info(f"mine: all {len(queries):,} queries of {inputs.queries.path} (no qrels: no positives flagged)")
     query_ids = list(queries)
     n_blocks = (len(query_ids) + options.queries_per_shard - 1) // options.queries_per_shard
     config = {

@@ -499,6 +499,11 @@ def compare_models(
             if entry["model"] != ref_label:
                 entry["agreement"] = {"reference": ref_label,
                                       **score_agreement(all_runs[entry["model"]], all_runs[ref_label])}
+    flags = quality_flags(entries)
+    for entry in entries:
+        if entry.get("role") == "reranker":
+            entry["flags"] = flags.get(entry["model"], [])
+    warn_quality(entries, flags)
     report: dict[str, Any] = {
         "top_k": top_k,
         "metrics": metric_names(top_k),
@@ -531,9 +536,53 @@ def score_agreement(runs: Mapping[str, Run], reference: Mapping[str, Run]) -> di
                 rhos.append(float(spearmanr(a, b).statistic))
     if not ours:
         raise EttinError("no (query, document) pair was scored by both a model and the --reference model")
-    diff = np.asarray(ours, dtype=np.float64) - np.asarray(theirs, dtype=np.float64)
-    return {"mse": float(np.mean(diff**2)), "spearman": float(np.mean(rhos)) if rhos else float("nan"),
-            "pairs": len(ours)}
+    ref_scores = np.asarray(theirs, dtype=np.float64)
+    diff = np.asarray(ours, dtype=np.float64) - ref_scores
+    mse = float(np.mean(diff**2))
+    # The variance of the reference's scores is the MSE of always predicting their mean: a model at or above
+    # it has learned nothing of the reference's order, whatever its MSE looks like on its own.
+    variance = float(np.var(ref_scores))
+    return {"mse": mse, "spearman": float(np.mean(rhos)) if rhos else float("nan"), "pairs": len(ours),
+            "reference_variance": variance, "mse_over_variance": mse / variance if variance > 0 else float("inf")}
+
+
+def quality_flags(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Loud flags for rerankers that did not earn their place: a model label -> the problems found.
+
+    `below_retriever`: its mean NDCG@10 is under the first-stage retriever's (reranking made things worse).
+    `mse_above_variance`: its MSE to the reference is above the reference scores' variance, i.e. worse than
+    predicting the reference's mean score for every pair. The retriever entry must come first.
+    """
+    flags: dict[str, list[str]] = {}
+    base = entries[0]["mean"].get("ndcg@10") if entries and entries[0].get("role") == "retriever" else None
+    for entry in entries:
+        if entry.get("role") != "reranker":
+            continue
+        problems = []
+        if base is not None and entry["mean"]["ndcg@10"] < base:
+            problems.append("below_retriever")
+        agree = entry.get("agreement")
+        if agree and agree.get("mse", 0.0) > agree.get("reference_variance", float("inf")):
+            problems.append("mse_above_variance")
+        if problems:
+            flags[entry["model"]] = problems
+    return flags
+
+
+def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[str]]) -> None:
+    """One warning line per flagged model, with the numbers that flag it."""
+    base = entries[0]["mean"].get("ndcg@10") if entries else None
+    by_model = {e["model"]: e for e in entries}
+    for model, problems in flags.items():
+        entry = by_model[model]
+        if "below_retriever" in problems:
+            console.logger.warning(f"{model}: NDCG@10 {entry['mean']['ndcg@10']:.4f} is BELOW the retriever's "
+                                   f"{base:.4f}: reranking with it makes the ranking worse")
+        if "mse_above_variance" in problems:
+            agree = entry["agreement"]
+            console.logger.warning(
+                f"{model}: MSE to {agree['reference']} {agree['mse']:.4f} is ABOVE the variance of its scores "
+                f"{agree['reference_variance']:.4f}: worse than predicting their mean for every pair")
 
 
 def write_report(report: dict[str, Any], all_runs: Mapping[str, Mapping[str, Run]],
@@ -583,12 +632,14 @@ def report_tables(report: Mapping[str, Any]) -> list[Any]:
         if agreement:
             table.caption = f"ref = {agreement[0]['agreement']['reference']}: scores compared on the same candidates"
             table.add_column("MSE to ref", justify="right")
+            table.add_column("var(ref)", justify="right")
             table.add_column("Spearman to ref", justify="right")
         for entry in entries:
             extra = []
             if agreement:
                 agree = entry.get("agreement")
-                extra = [f"{agree['mse']:.4f}", f"{agree['spearman']:.4f}"] if agree else ["", ""]
+                extra = ([f"{agree['mse']:.4f}", f"{agree['reference_variance']:.4f}", f"{agree['spearman']:.4f}"]
+                         if agree else ["", "", ""])
             table.add_row(entry["model"], *(f"{entry['mean'][m]:.4f}" for m in metrics), *extra)
         return [table]
     for metric in metrics:
@@ -605,10 +656,11 @@ def report_tables(report: Mapping[str, Any]) -> list[Any]:
     if agreement:
         ref = agreement[0]["agreement"]["reference"]
         table = Table(title=f"agreement with {ref} on the same candidates (all datasets)")
-        for column in ("model", "MSE", "Spearman", "pairs"):
+        for column in ("model", "MSE", "var(ref)", "Spearman", "pairs"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for entry in agreement:
             agree = entry["agreement"]
-            table.add_row(entry["model"], f"{agree['mse']:.4f}", f"{agree['spearman']:.4f}", f"{agree['pairs']:,}")
+            table.add_row(entry["model"], f"{agree['mse']:.4f}", f"{agree['reference_variance']:.4f}",
+                          f"{agree['spearman']:.4f}", f"{agree['pairs']:,}")
         tables.append(table)
     return tables
