@@ -14,6 +14,7 @@ from ettin_cli.train.student import (
     check_student,
     check_unpadding,
     count_parameters,
+    init_head,
     load_student,
     model_kwargs_for,
     unpadding_active,
@@ -175,12 +176,36 @@ def test_a_model_with_another_head_is_not_a_student(tiny_modernbert_path):
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
 
     t = Transformer(str(tiny_modernbert_path))
-    model = CrossEncoder(modules=[t, Pooling(32, pooling_mode="mean"), Dense(32, 32, bias=False), LayerNorm(32),
+    model = CrossEncoder(modules=[t, Pooling(32, pooling_mode="max"), Dense(32, 32, bias=False), LayerNorm(32),
                                   Dense(32, 1, module_output_name="scores")], activation_fn=torch.nn.Identity())
-    with pytest.raises(EttinError, match="pooling is 'mean'"):
+    with pytest.raises(EttinError, match="pooling is 'max'"):
         check_student(model)
     # CLS pooling but the first Dense has a bias and a tanh: still not the recipe's head.
     model = CrossEncoder(modules=[t, Pooling(32, pooling_mode="cls"), Dense(32, 32, bias=True), LayerNorm(32),
                                   Dense(32, 1, module_output_name="scores")], activation_fn=torch.nn.Identity())
     with pytest.raises(EttinError, match=r"Dense\(H, H, no bias, GELU\)"):
         check_student(model)
+
+
+def test_mean_pooling_and_a_target_mean_head_start_at_the_targets_mean(tiny_modernbert_path):
+    """`model.pooling: mean` builds a mean-pooling student; `head_init: target-mean` makes it predict the
+    targets' mean with a spread far below theirs, where the default head starts at a random offset."""
+    targets = torch.tensor([3.0, 5.0, 7.0, 9.0, 11.0])
+    pairs = [("what is a cat", "a cat is a small animal"), ("rain", "water falls from clouds"),
+             ("bread", "flour, water and yeast"), ("cars", "vehicles with four wheels")] * 2
+    default = build_student(str(tiny_modernbert_path), max_length=32, precision=FP32, seed=3, pooling="mean")
+    assert default[1].pooling_mode == "mean"
+    assert init_head(default, "default", targets) is None
+    start = default.predict(pairs)
+    assert abs(start.mean() - 7.0) > 3.0  # the default head knows nothing of the targets' scale
+
+    model = build_student(str(tiny_modernbert_path), max_length=32, precision=FP32, seed=3, pooling="mean")
+    info = init_head(model, "target-mean", targets, seed=3)
+    assert info["bias"] == pytest.approx(7.0)
+    scores = model.predict(pairs)
+    assert abs(scores.mean() - 7.0) < 0.2 * float(targets.std())
+    assert 0 < scores.std() < 0.5 * float(targets.std())
+    with pytest.raises(EttinError, match="pooling must be one of"):
+        build_student(str(tiny_modernbert_path), max_length=32, precision=FP32, pooling="max")
+    with pytest.raises(EttinError, match="head_init must be one of"):
+        init_head(model, "zeros", targets)

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
 STUDENT_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Dense")
+# CLS is the recipe's pooling (the Ettin encoders were pre-trained for it); `mean` is for a backbone trained with
+# mean pooling (all-MiniLM-L6-v2, the demo's), whose CLS row carries little of the pair's meaning.
+POOLING_MODES = ("cls", "mean")
+# `default`: the head as Sentence Transformers initialises it (the release). `target-mean`: the output layer
+# starts at the targets' mean with small weights, so the first steps learn the order of the scores instead of
+# removing a random offset (what a short run on a small batch otherwise spends its budget on).
+HEAD_INITS = ("default", "target-mean")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -65,6 +72,7 @@ def build_student(
     seed: int = 12,
     device: str = "cpu",
     for_training: bool = True,
+    pooling: str = "cls",
 ) -> CrossEncoder:
     """A fresh student: the backbone from `base_model` plus a newly initialised (seeded) 4-module head."""
     import torch
@@ -73,6 +81,8 @@ def build_student(
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
 
     base_model = check_base_model(base_model)
+    if pooling not in POOLING_MODES:
+        raise EttinError(f"model.pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
     if max_length < 8:
         raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
     try:
@@ -90,7 +100,7 @@ def build_student(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = [
-            Pooling(hidden, pooling_mode="cls"),
+            Pooling(hidden, pooling_mode=pooling),
             Dense(hidden, hidden, bias=False, activation_function=torch.nn.GELU()),
             LayerNorm(hidden),
             Dense(hidden, 1, bias=True, activation_function=torch.nn.Identity(), module_output_name="scores"),
@@ -100,6 +110,33 @@ def build_student(
         model.to(torch_dtype_of(precision))
     check_student(model)
     return model
+
+
+def init_head(model: CrossEncoder, mode: str, targets: Any, *, seed: int = 12) -> dict[str, float] | None:
+    """Initialise the output Dense(H, 1) per `mode` from the training targets; return what was set (or None).
+
+    `target-mean` sets the bias to the targets' mean and draws the weights so that the initial scores spread
+    about 10 % of the targets' standard deviation: the start predicts the mean (MSE = the targets' variance)
+    and the gradient goes to ordering the pairs from the first step.
+    """
+    import torch
+
+    if mode not in HEAD_INITS:
+        raise EttinError(f"model.head_init must be one of {', '.join(HEAD_INITS)}, got {mode!r}")
+    if mode == "default":
+        return None
+    values = torch.as_tensor(targets, dtype=torch.float64)
+    if values.numel() == 0:
+        raise EttinError("model.head_init target-mean: no training targets to take the mean of")
+    mean, std = float(values.mean()), float(values.std()) if values.numel() > 1 else 1.0
+    out = model[4].linear
+    # LayerNorm feeds unit-variance features, so weights of std s give scores of std about s * sqrt(H).
+    weight_std = 0.1 * max(std, 1e-6) / out.in_features ** 0.5
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out.weight.copy_(torch.randn(out.weight.shape, generator=generator, dtype=torch.float64) * weight_std)
+        out.bias.fill_(mean)
+    return {"bias": mean, "weight_std": weight_std, "targets_std": std}
 
 
 def torch_dtype_of(precision: Precision):
@@ -133,8 +170,9 @@ def check_student(model: CrossEncoder) -> None:
     if names != STUDENT_MODULES:
         raise EttinError(f"not an Ettin reranker student: modules are {', '.join(names)}, "
                          f"expected {', '.join(STUDENT_MODULES)}")
-    if getattr(model[1], "pooling_mode", None) != "cls":
-        raise EttinError(f"not an Ettin reranker student: pooling is {model[1].pooling_mode!r}, expected 'cls'")
+    if getattr(model[1], "pooling_mode", None) not in POOLING_MODES:
+        raise EttinError(f"not an Ettin reranker student: pooling is {model[1].pooling_mode!r}, "
+                         f"expected one of {', '.join(POOLING_MODES)}")
     if model[4].module_output_name != "scores" or model[4].out_features != 1:
         raise EttinError("not an Ettin reranker student: the last Dense must write one `scores` value")
     hidden = model[2].in_features

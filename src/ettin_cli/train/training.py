@@ -167,6 +167,11 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
                            else _recipe_value(recipe, "model", "max_length", where))
     if max_length < 8:
         raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
+    from ettin_cli.train.student import HEAD_INITS, POOLING_MODES
+
+    for key, allowed in (("pooling", POOLING_MODES), ("head_init", HEAD_INITS)):
+        if str(model.get(key, allowed[0])) not in allowed:
+            raise EttinError(f"{where}: model.{key} must be one of {', '.join(allowed)}, got {model.get(key)!r}")
     seed = req.seed if req.seed is not None else int(_recipe_value(recipe, "training", "seed", where))
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise EttinError(f"--seed must be a non-negative integer, got {seed!r}")
@@ -240,6 +245,8 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
         "teacher": (recipe.get("teacher") or {}).get("model"),
         "architecture": {k: model[k] for k in ("hidden_size", "num_layers", "parameters") if k in model},
         "max_length": int(max_length),
+        "pooling": str(model.get("pooling", "cls")),
+        "head_init": str(model.get("head_init", "default")),
         "learning_rate": float(lr),
         "global_batch_size": int(global_batch),
         "world_size": int(world),
@@ -988,7 +995,7 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
 
     from ettin_cli.core.distributed import current_rank
     from ettin_cli.core.hardware import Precision
-    from ettin_cli.train.student import build_student, check_unpadding, count_parameters
+    from ettin_cli.train.student import build_student, check_unpadding, count_parameters, init_head
 
     rank = current_rank()
     if rank.world_size != config["world_size"]:
@@ -1020,7 +1027,14 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
 
     prec = Precision(config["precision"]["dtype"], config["precision"]["attn"])
     model = build_student(config["backbone"], max_length=config["max_length"], precision=prec, seed=config["seed"],
-                          device="cpu", for_training=True)
+                          device="cpu", for_training=True, pooling=config.get("pooling", "cls"))
+    head_start = None
+    if config.get("head_init", "default") != "default":
+        targets = train_ds.with_format("numpy")["label"]  # one column, read once (memory-mapped)
+        head_start = init_head(model, config["head_init"], targets, seed=config["seed"])
+    if head_start:
+        logger.info(f"head: output bias at the targets' mean {head_start['bias']:.4g} "
+                    f"(targets' std {head_start['targets_std']:.4g}), small output weights")
     check_unpadding(model, prec)
     if config["precision"]["recipe"].endswith("flash_attention_2") and not prec.unpadded \
             and config["precision"]["device"].startswith("cuda"):
@@ -1086,6 +1100,8 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
             "precision": f"{prec.dtype} + {prec.attn}" + (" (unpadded)" if prec.unpadded else ""),
             "max_length": config["max_length"],
             "loss": "MSE on raw teacher scores",
+            "pooling": config.get("pooling", "cls"),
+            "head_init": config.get("head_init", "default"),
         },
         "evaluation": {"benchmark": "NanoBEIR" if config["evaluation"]["benchmark"] == "nanobeir" else "BEIR",
                        "datasets": [Path(d).name for d in config["evaluation"]["datasets"]],
