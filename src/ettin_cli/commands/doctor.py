@@ -16,6 +16,7 @@ HELP = (
     "Examples:\n\n"
     "  ettin doctor\n\n"
     "  ettin doctor --json doctor.json\n\n"
+    "  ettin doctor --only bf16+fa2 --pairs 64\n\n"
     "  torchrun --nproc-per-node 8 -m ettin_cli doctor   # adds the NCCL all_reduce check\n"
 )
 
@@ -28,6 +29,8 @@ def doctor_command(
     device: str = typer.Option("auto", "--device", help="auto (the GPU when visible), cpu, cuda, cuda:1, ..."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the checks as JSON to this file."),
     pairs: int = typer.Option(16, "--pairs", help="(query, document) pairs per check (at least 8)."),
+    only: list[str] = typer.Option([], "--only", help="Only this setting: fp32+sdpa, bf16+sdpa or bf16+fa2. "
+                                   "Repeatable (default: all three)."),
 ) -> None:
     import sys
 
@@ -38,7 +41,7 @@ def doctor_command(
 
     if json_path is not None and json_path.is_dir():
         raise EttinError(f"--json {json_path}: is a folder; give a file path")
-    checks = run_doctor(device, num_pairs=pairs)
+    checks = run_doctor(device, num_pairs=pairs, only=only)
     # Under torchrun every rank runs the checks (each on its own GPU); rank 0 prints and writes the report.
     if current_rank().is_main:
         print_table(checks)

@@ -350,7 +350,13 @@ def student_reference(backbone: Path, pairs: Sequence[tuple[str, str]], device: 
 
 def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], targets: Any, device: str, label: str,
                         precision: Precision) -> Check:
-    """One AdamW step on the MSE to the teacher's scores, under the precision's autocast, must lower the MSE."""
+    """One gradient step on the MSE to the teacher's scores, under the precision's autocast, must lower the MSE.
+
+    The step is plain gradient descent sized (Polyak) to cut the loss by 20% to first order: lr = 0.2 * loss /
+    |grad|^2. A right gradient then lowers the loss whatever its scale; a wrong one (a broken backward, a
+    padding leak in the packed path, an overflow) does not. A fixed Adam learning rate could overshoot on a
+    loss that is already small, and fail a healthy machine.
+    """
     import contextlib
 
     import torch
@@ -358,7 +364,6 @@ def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], target
     model = _student(backbone, precision, device, for_training=True)
     model.train()
     target = torch.as_tensor(targets, dtype=torch.float32, device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def autocast():
@@ -369,16 +374,25 @@ def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], target
     with autocast():
         loss = torch.nn.functional.mse_loss(_student_scores(model, pairs, device).float(), target)
     loss.backward()
-    grads_finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    optimizer.step()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm2 = float(sum(g.float().pow(2).sum() for g in grads))
+    before = float(loss.detach())
+    finite = all(bool(torch.isfinite(g).all()) for g in grads) and norm2 == norm2
+    if finite and norm2 > 0:
+        lr = 0.2 * before / norm2
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
     with torch.no_grad(), autocast():
         after = float(torch.nn.functional.mse_loss(_student_scores(model, pairs, device).float(), target))
-    before = float(loss.detach())
-    ok = grads_finite and after < before
-    detail = (f"MSE to the teacher {before:.4g} -> {after:.4g} after one AdamW step (lr 1e-3, "
-              f"{'fp32' if precision.dtype == 'float32' else 'bf16 autocast, fp32 weights'})")
-    if not grads_finite:
+    ok = finite and norm2 > 0 and after < before
+    how = "fp32" if precision.dtype == "float32" else "bf16 autocast, fp32 weights"
+    detail = f"MSE to the teacher {before:.4g} -> {after:.4g} after one gradient step ({how}; 20% expected)"
+    if not finite:
         detail = "non-finite gradients; " + detail
+    elif norm2 == 0:
+        detail = "all gradients are zero; " + detail
     elif not ok:
         detail = "the step did not lower the loss; " + detail
     return Check(f"one training step lowers MSE ({label})", "pass" if ok else "fail", f"{before:.3g} -> {after:.3g}",
@@ -431,9 +445,12 @@ def _failed(name: str, device: str, exc: Exception) -> Check:
     return Check(name, "fail", "", f"{type(exc).__name__}: {first}", device)
 
 
-def run_doctor(device: str = "auto", *, num_pairs: int = 16, workdir: str | os.PathLike[str] | None = None,
-               plan: list[tuple[str, Precision | None, str | None]] | None = None) -> list[Check]:
-    """Every check on `device` (auto: the GPU when visible); tiny models are built in `workdir` or a temp dir."""
+def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str] | None = None,
+               workdir: str | os.PathLike[str] | None = None) -> list[Check]:
+    """Every check on `device` (auto: the GPU when visible), for the settings in `only` (default: all three).
+
+    The tiny models are built in a temp folder (under `workdir` when given) and removed afterwards.
+    """
     import numpy as np
     import torch
 
@@ -441,8 +458,12 @@ def run_doctor(device: str = "auto", *, num_pairs: int = 16, workdir: str | os.P
 
     if num_pairs < 8:
         raise EttinError(f"--pairs must be at least 8, got {num_pairs}")
+    labels = [label for label, _, _ in SETTINGS]
+    for name in only or ():
+        if name not in labels:
+            raise EttinError(f"--only {name}: not a setting; choose from {', '.join(labels)}")
     device = resolve_device(device)
-    plan = plan if plan is not None else plan_settings(device)
+    plan = [row for row in plan_settings(device) if not only or row[0] in only]
     pairs = doctor_pairs(num_pairs)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="ettin-doctor-", dir=workdir) as tmp:
