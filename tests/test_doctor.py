@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -134,3 +135,35 @@ def test_the_settings_follow_the_hardware(device, capability, fa2, runs):
     assert [label for label, precision, _ in plan if precision is not None] == runs
     for label, precision, reason in plan:
         assert (precision is None) == bool(reason), label
+
+
+def test_a_wrong_gradient_fails_the_training_step(monkeypatch, capsys):
+    """Scores keep their values but their gradient is reversed (a broken backward): the step must go uphill."""
+    from ettin_cli.train import doctor
+
+    real_scores = doctor._student_scores
+
+    def reversed_gradient(model, pairs, device):
+        scores = real_scores(model, pairs, device)
+        return 2 * scores.detach() - scores
+
+    monkeypatch.setattr(doctor, "_student_scores", reversed_gradient)
+    code, _, stderr = run_cli(["doctor", *FP32], capsys)
+    assert code == 1
+    failed = [line for line in stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "one training step lowers MSE (fp32+sdpa)" in failed[0]
+    assert "the step did not lower the loss" in failed[0]
+
+
+def test_offline_blocks_downloads_and_restores_the_setting(monkeypatch):
+    from huggingface_hub import constants
+
+    from ettin_cli.train.doctor import offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with offline():
+        assert constants.HF_HUB_OFFLINE is True
+        assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert constants.HF_HUB_OFFLINE is False
+    assert "HF_HUB_OFFLINE" not in os.environ

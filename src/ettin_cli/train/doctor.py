@@ -19,18 +19,26 @@ machine cannot run is a `skip` with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
-from ettin_cli.core.hardware import Precision, fa2_description, is_flash_attention_2, resolve_precision
+from ettin_cli.core.hardware import (
+    FA2_KERNEL_REPO,
+    Precision,
+    fa2_backend,
+    fa2_description,
+    is_flash_attention_2,
+    resolve_precision,
+)
 from ettin_cli.label.teacher import load_teacher
 from ettin_cli.train.student import build_student
 
@@ -357,8 +365,6 @@ def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], target
     padding leak in the packed path, an overflow) does not. A fixed Adam learning rate could overshoot on a
     loss that is already small, and fail a healthy machine.
     """
-    import contextlib
-
     import torch
 
     model = _student(backbone, precision, device, for_training=True)
@@ -445,6 +451,31 @@ def _failed(name: str, device: str, exc: Exception) -> Check:
     return Check(name, "fail", "", f"{type(exc).__name__}: {first}", device)
 
 
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """No download while the doctor runs: the Hub (and so the `kernels` FA2 binaries) is read from the cache only.
+
+    `huggingface_hub` and `kernels` read `constants.HF_HUB_OFFLINE` at call time; the environment variables
+    cover libraries that read them instead. Everything is restored afterwards.
+    """
+    from huggingface_hub import constants
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved_env = {k: os.environ.get(k) for k in names}
+    saved = constants.HF_HUB_OFFLINE
+    os.environ.update({k: "1" for k in names})
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str] | None = None,
                workdir: str | os.PathLike[str] | None = None) -> list[Check]:
     """Every check on `device` (auto: the GPU when visible), for the settings in `only` (default: all three).
@@ -466,7 +497,7 @@ def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str]
     plan = [row for row in plan_settings(device) if not only or row[0] in only]
     pairs = doctor_pairs(num_pairs)
     checks: list[Check] = []
-    with tempfile.TemporaryDirectory(prefix="ettin-doctor-", dir=workdir) as tmp:
+    with offline(), tempfile.TemporaryDirectory(prefix="ettin-doctor-", dir=workdir) as tmp:
         with torch.random.fork_rng(devices=[]):
             teacher_path = build_tiny_teacher(Path(tmp) / "teacher", _texts(pairs))
             backbone = build_tiny_backbone(Path(tmp) / "backbone", _texts(pairs))
@@ -483,6 +514,9 @@ def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str]
             except Exception as exc:
                 teacher_checks = [_failed(f"teacher fast path = naive forward ({label})", device, exc)]
             checks.extend(teacher_checks)
+            if precision.unpadded and teacher_checks[0].status == "fail" and fa2_backend() == "kernels":
+                teacher_checks[0].detail += (f" (with the `kernels` backend, FA2 loads {FA2_KERNEL_REPO} from the Hub "
+                                             "cache, offline here: `make install TORCH=cuda` fetches it once)")
             try:
                 checks.extend(check_student(backbone, pairs, device, label, precision, reference))
             except Exception as exc:
