@@ -64,7 +64,7 @@ class Check:
     device: str = ""
 
     def as_json(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if k != "device"} | {"device": self.device}
+        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,9 +290,10 @@ def _student_scores(model, pairs: Sequence[tuple[str, str]], device: str):
     return model(features)["scores"].reshape(-1)
 
 
-def _real_tokens(model, pairs: Sequence[tuple[str, str]]) -> list[int]:
-    return [int(model.tokenizer(q, d, truncation=True, max_length=model.max_length)["input_ids"].__len__())
-            for q, d in pairs]
+def _real_tokens(model, pairs: Sequence[tuple[str, str]]) -> int:
+    """Real tokens in `pairs`, each tokenized alone (so no padding can be in the count)."""
+    return sum(len(model.tokenizer(q, d, truncation=True, max_length=model.max_length)["input_ids"])
+               for q, d in pairs)
 
 
 def _student(backbone: Path, precision: Precision, device: str, *, for_training: bool):
@@ -303,13 +304,12 @@ def _student(backbone: Path, precision: Precision, device: str, *, for_training:
 def check_student(backbone: Path, pairs: Sequence[tuple[str, str]], device: str, label: str,
                   precision: Precision, reference: Any) -> list[Check]:
     """Student batch (padded, or packed when FA2 is active) vs each pair alone in fp32 (`reference`)."""
-    import numpy as np
     import torch
 
     model = _student(backbone, precision, device, for_training=False)
     model.eval()
     unpadded = student_unpadded(model)
-    real = sum(_real_tokens(model, pairs))
+    real = _real_tokens(model, pairs)
     with torch.inference_mode():
         _student_scores(model, pairs[:4], device)  # warm-up
         counter = _TokenCounter(model)
@@ -340,7 +340,7 @@ def check_student(backbone: Path, pairs: Sequence[tuple[str, str]], device: str,
               "; ".join(problems) or f"tokens processed {counter.positions}, real {real} "
               f"({padding} padding); tolerance {TOLERANCE[precision.dtype]:g} x max|reference score|", device),
         Check(f"student pairs/s ({label})", "pass", f"{len(pairs) / seconds:.0f} pairs/s",
-              f"{path} batch of {len(pairs)}, {np.float64(padding) / max(1, counter.positions):.0%} padding", device),
+              f"{path} batch of {len(pairs)}, {padding / max(1, counter.positions):.0%} padding", device),
     ]
     return checks
 
