@@ -1,7 +1,7 @@
 # ettin-cli: one-command environment and the pipeline's targets.
 #   make test              create .venv (CPU torch) if missing, then run ruff and the test suite
 #   make demo              create .venv if missing, then run the offline end-to-end demo
-#   make install TORCH=cuda   the CUDA build of torch plus flash-attn, for a GPU box
+#   make install TORCH=cuda   the CUDA build of torch plus prebuilt Flash Attention 2 (`kernels`), for a GPU box
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -12,6 +12,8 @@ TORCH ?= $(if $(wildcard $(VENV)/.installed-cuda),cuda,cpu)
 TORCH_VERSION ?= 2.13.0
 # The CPU wheel index is named explicitly so that a plain `pip install torch` never pulls a multi-GB CUDA build.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# Flash Attention 2 backend for TORCH=cuda: `kernels` (prebuilt, compiles nothing) or `compile` (flash-attn).
+FA2 ?= kernels
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 ETTIN := $(VENV)/bin/ettin
@@ -73,8 +75,15 @@ else ifeq ($(TORCH),cuda)
 	@! $(PY) -c "import torch; assert '+cpu' in torch.__version__" 2>/dev/null || { echo "error: $(VENV) holds \
 	the CPU build of torch: run 'make clean' first, then 'make install TORCH=cuda'" >&2; exit 2; }
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+ifeq ($(FA2),compile)
 	$(PIP) install --quiet -e ".[dev]"
-	$(PIP) install --quiet --no-build-isolation -e ".[gpu]"
+	$(PIP) install --quiet --no-build-isolation -e ".[gpu-compile]"
+else
+	$(PIP) install --quiet -e ".[dev,gpu]"
+	@# Fetch the prebuilt FA2 kernel into the Hub cache now, so `ettin doctor` and offline runs find it.
+	$(PY) -c "from transformers.utils.import_utils import is_flash_attn_kernel_fallback_available as ok; \
+	print('prebuilt FA2 kernel (kernels-community/flash-attn2) cached:', ok(2))"
+endif
 else
 	$(error TORCH must be cpu or cuda, not '$(TORCH)')
 endif

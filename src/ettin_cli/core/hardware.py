@@ -1,8 +1,17 @@
 """What the hardware supports, and the precision/attention choices that follow from it.
 
 `auto` everywhere in the CLI means: bf16 + Flash Attention 2 (unpadded inputs) on a GPU that supports both
-(compute capability >= 8.0 and the `flash_attn` package importable), otherwise fp32 + SDPA. The logic is plain
+(compute capability >= 8.0 and an FA2 backend importable), otherwise fp32 + SDPA. The logic is plain
 functions of (device, capability, package present), so it is tested on CPU with the GPU facts passed in.
+
+Flash Attention 2 comes from one of two backends, and either counts as "FA2 available":
+
+- `kernels` (the `gpu` extra, what the release recommends): prebuilt FA2 binaries from the Hub kernel repo
+  `kernels-community/flash-attn2`, nothing compiled. transformers uses it by itself when a model is loaded
+  with `attn_implementation="flash_attention_2"` and the `flash_attn` package is absent (the model's config then
+  reads the kernel repo's name instead of `flash_attention_2`).
+- `flash-attn` (the `gpu-compile` extra): the Dao-AILab package, compiled against the installed torch.
+  transformers prefers it when both are present.
 """
 
 from __future__ import annotations
@@ -17,9 +26,52 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTNS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
+# The Hub kernel transformers falls back to for `flash_attention_2` when `flash_attn` is not installed.
+FA2_KERNEL_REPO = "kernels-community/flash-attn2"
+FA2_BACKENDS = ("flash-attn", "kernels")
+
+
+def fa2_backend() -> str | None:
+    """Which Flash Attention 2 backend transformers will use: `flash-attn`, `kernels`, or None.
+
+    Same order as transformers: the compiled `flash_attn` package wins; else the `kernels` package (prebuilt
+    FA2 fetched from the Hub kernel repo on first use and cached). Neither means no FA2.
+    """
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash-attn"
+    if importlib.util.find_spec("kernels") is not None:
+        return "kernels"
+    return None
+
+
 def flash_attn_installed() -> bool:
-    """True when the `flash_attn` package can be imported (it needs a CUDA build of torch)."""
-    return importlib.util.find_spec("flash_attn") is not None
+    """True when some Flash Attention 2 backend (`flash-attn` or `kernels`) is importable."""
+    return fa2_backend() is not None
+
+
+def is_flash_attention_2(attn_implementation: str | None) -> bool:
+    """True for the attention a model reports when it runs FA2: `flash_attention_2` or the FA2 Hub kernel.
+
+    With the `kernels` backend, a model loaded with `flash_attention_2` reports `kernels-community/flash-attn2`
+    (possibly with a `:function` or `@revision` suffix) in `config._attn_implementation`.
+    """
+    if not attn_implementation:
+        return False
+    return attn_implementation == "flash_attention_2" or attn_implementation.split("@")[0].split(":")[0] \
+        == FA2_KERNEL_REPO
+
+
+def fa2_description() -> str:
+    """One line for `ettin env` / `ettin doctor`: which FA2 backend is active, or how to get one."""
+    import torch
+
+    backend = fa2_backend()
+    unused = "" if torch.cuda.is_available() else "; unused here: no CUDA GPU"
+    if backend == "kernels":
+        return f"kernels (prebuilt {FA2_KERNEL_REPO}, no compiling){unused}"
+    if backend == "flash-attn":
+        return f"flash-attn (compiled package){unused}"
+    return "none (make install TORCH=cuda installs the prebuilt `kernels` backend)"
 
 
 def resolve_device(device: str | None) -> str:
@@ -79,8 +131,8 @@ def resolve_precision(
         if not on_gpu:
             raise EttinError("--attn flash_attention_2 needs a CUDA GPU; use --attn sdpa on CPU")
         if not fa2_available:
-            raise EttinError("--attn flash_attention_2: the flash_attn package is not installed "
-                             "(make install TORCH=cuda, or pip install flash-attn)")
+            raise EttinError("--attn flash_attention_2: the flash_attn package is not installed, nor the "
+                             "prebuilt `kernels` backend (make install TORCH=cuda, or pip install kernels)")
         if dtype not in ("bfloat16", "float16"):
             raise EttinError("--attn flash_attention_2 needs --dtype bfloat16 or float16")
     if dtype == "bfloat16" and on_gpu and not ampere:
@@ -105,6 +157,7 @@ def describe() -> dict[str, str]:
         "cuda_available": str(torch.cuda.is_available()),
         "gpu_count": str(torch.cuda.device_count()),
         "flash_attn_installed": str(flash_attn_installed()),
+        "flash_attn_backend": fa2_description(),
         "cpu_threads": str(torch.get_num_threads()),
     }
     for i in range(torch.cuda.device_count()):

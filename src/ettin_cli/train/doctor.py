@@ -1,0 +1,562 @@
+"""`ettin doctor`: prove, in about a minute and offline, that the fast paths this machine would use are right.
+
+A long GPU run trusts three shortcuts: the teacher's fast path (only the last hidden state dotted with the
+difference of two lm_head rows, length-sorted batches, packed with Flash Attention 2), the student's unpadded
+(packed) batches, and mixed-precision training. Each is checked here against the slow, obviously-correct
+computation on tiny random models built in a temp folder (nothing is downloaded):
+
+- a tiny Qwen2 causal LM with a byte-level BPE tokenizer in the mxbai-rerank-v2 layout (the teacher), loaded
+  through `label.teacher.load_teacher` exactly as `ettin score` loads the real one;
+- a tiny ModernBERT backbone with a WordPiece tokenizer, made into the recipe's student by
+  `train.student.build_student` exactly as `ettin train` does.
+
+For every precision/attention the machine supports (fp32 + SDPA, bf16 + SDPA, bf16 + FA2) it checks: teacher
+fast path vs the naive full forward (fp32, padded, full vocabulary); student batch (padded, or packed under FA2,
+with proof that no padding position was processed) vs each pair alone in fp32; one optimizer step lowers the
+MSE to the teacher; under torchrun, an all_reduce across ranks; and the pairs/s of each path. A setting the
+machine cannot run is a `skip` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import (
+    FA2_KERNEL_REPO,
+    Precision,
+    fa2_backend,
+    fa2_description,
+    is_flash_attention_2,
+    resolve_precision,
+)
+from ettin_cli.label.teacher import load_teacher
+from ettin_cli.train.student import build_student
+
+STATUSES = ("pass", "fail", "skip")
+SETTINGS = (("fp32+sdpa", "float32", "sdpa"), ("bf16+sdpa", "bfloat16", "sdpa"),
+            ("bf16+fa2", "bfloat16", "flash_attention_2"))
+# Largest allowed |fast - reference|, as a share of the largest |reference| score. fp32 differs
+# only by summation order; bf16 keeps 8 mantissa bits, so a few 1e-2 over a forward pass is rounding, while a
+# wrong head row, a wrong last-token index or a padding leak moves scores by their own size (~100%).
+TOLERANCE = {"float32": 1e-4, "bfloat16": 6e-2}
+CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class Check:
+    """One row of the report: `status` is pass, fail or skip; `figure` the number that decided it."""
+
+    name: str
+    status: str
+    figure: str = ""
+    detail: str = ""
+    device: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny models and pairs (offline)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def doctor_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` (query, document) pairs of real text from the demo collection shipped in the package.
+
+    Document lengths vary a lot, which is what makes padding (and so a padding bug) visible.
+    """
+    from ettin_cli.io.beir import load_beir
+
+    data = load_beir(Path(__file__).resolve().parents[1] / "demo_data")
+    rng = random.Random(seed)
+    queries, docs = list(data.queries.values()), list(data.corpus.values())
+    pairs = []
+    for _ in range(n):
+        doc = rng.choice(docs)
+        words = doc.split()
+        pairs.append((rng.choice(queries), " ".join(words[: rng.randint(4, max(5, len(words)))])))
+    return pairs
+
+
+def _texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    return [t for pair in pairs for t in pair]
+
+
+def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
+    """A random Qwen2ForCausalLM + byte-level BPE tokenizer in the mxbai-rerank-v2 layout, saved to `out`.
+
+    The tokenizer holds `<|im_start|>`, `<|im_end|>`, `<|endoftext|>` as special tokens and the digits `0` and `1`
+    as single tokens (byte-level alphabet), as in the real Qwen2 vocabulary; the lm_head is untied, as in
+    mxbai-rerank-large-v2, so the teacher's folded head vector is really two rows of it.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        padding_side="left", model_max_length=32768)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=False, bos_token_id=None,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    config.architectures = ["Qwen2ForCausalLM"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
+    """A random ModernBERT backbone (AutoModel layout) with a WordPiece tokenizer ([CLS] a [SEP] b [SEP])."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
+                                                                    special_tokens=WORDPIECE_SPECIALS))
+    cls_id, sep_id = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                        model_max_length=512)
+    config = ModernBertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512,
+                              global_attn_every_n_layers=3, local_attention=64, pad_token_id=tokenizer.pad_token_id,
+                              cls_token_id=cls_id, sep_token_id=sep_id, bos_token_id=cls_id, eos_token_id=sep_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ModernBertModel(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What this machine can run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plan_settings(device: str, *, capability: tuple[int, int] | None = None,
+                  fa2_available: bool | None = None) -> list[tuple[str, Precision | None, str | None]]:
+    """(label, precision, None) for each setting the machine runs, (label, None, reason) for the others."""
+    plan: list[tuple[str, Precision | None, str | None]] = []
+    for label, dtype, attn in SETTINGS:
+        try:
+            plan.append((label, resolve_precision(device, dtype, attn, capability=capability,
+                                                  fa2_available=fa2_available), None))
+        except EttinError as exc:  # "--attn flash_attention_2 needs a CUDA GPU; ..." -> "needs a CUDA GPU; ..."
+            plan.append((label, None, re.sub(r"^--\w+ \S+?:? ", "", str(exc))))
+    return plan
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _max_rel_diff(got, ref) -> tuple[float, float]:
+    """(max |got - ref|, the scale the tolerance is a share of: max |ref|)."""
+    import numpy as np
+
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return float(np.abs(got - ref).max()), max(1e-6, float(np.abs(ref).max()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Teacher
+# ---------------------------------------------------------------------------------------------------------
+
+
+def naive_teacher_scores(path: Path, sequences: Sequence[Sequence[int]], device: str) -> Any:
+    """The reference: full causal-LM forward in fp32, left-padded with an attention mask, whole vocabulary,
+    `logit("1") - logit("0")` at the last position. Slow and plainly right."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    yes = tokenizer("1", add_special_tokens=False)["input_ids"][0]
+    no = tokenizer("0", add_special_tokens=False)["input_ids"][0]
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+    model.to(device).eval()
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, width - len(seq):] = torch.tensor(list(seq))
+        mask[i, width - len(seq):] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       use_cache=False).logits[:, -1, :].float()
+    return (logits[:, yes] - logits[:, no]).cpu().numpy().astype(np.float32)
+
+
+def check_teacher(path: Path, pairs: Sequence[tuple[str, str]], device: str, label: str,
+                  precision: Precision) -> tuple[list[Check], Any]:
+    """Teacher fast path (as `ettin score` runs it) vs the naive forward; returns the checks and the reference."""
+    queries, docs = [q for q, _ in pairs], [d for _, d in pairs]
+    teacher = load_teacher(str(path), "mxbai-v2", device=device, dtype=precision.dtype, attn=precision.attn,
+                           max_length=512)
+    teacher.score(queries[:4], docs[:4])  # warm-up (kernels, allocator) before timing
+    before = (teacher.stats.tokens, teacher.stats.padding_tokens)
+    _sync(device)
+    start = time.perf_counter()
+    fast = teacher.score(queries, docs)
+    _sync(device)
+    fast_s = time.perf_counter() - start
+    tokens, padding = teacher.stats.tokens - before[0], teacher.stats.padding_tokens - before[1]
+    sequences = teacher.encode_pairs(queries, docs)[0]
+    start = time.perf_counter()
+    reference = naive_teacher_scores(path, sequences, device)
+    _sync(device)
+    naive_s = time.perf_counter() - start
+    diff, scale = _max_rel_diff(fast, reference)
+    tol = TOLERANCE[precision.dtype] * scale
+    problems = []
+    if diff > tol:
+        problems.append(f"fast path differs from the naive forward by {diff:.3g} (tolerance {tol:.3g})")
+    if precision.unpadded and padding:
+        problems.append(f"packed (FA2) path processed {padding} padding positions, expected 0")
+    name = f"teacher fast path = naive forward ({label})"
+    check = Check(name, "fail" if problems else "pass", f"max|Δ| {diff:.2g} (tol {tol:.2g})",
+                  "; ".join(problems) or f"{len(pairs)} pairs, {tokens} tokens, {padding} padding positions; "
+                  f"tolerance {TOLERANCE[precision.dtype]:g} x max|reference score|", device)
+    speed = Check(f"teacher pairs/s ({label})", "pass", f"{len(pairs) / fast_s:.0f} pairs/s",
+                  f"fast path {len(pairs) / fast_s:.0f} pairs/s vs naive full forward (fp32, padded) "
+                  f"{len(pairs) / naive_s:.0f} pairs/s", device)
+    return [check, speed], reference
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Student
+# ---------------------------------------------------------------------------------------------------------
+
+
+def student_unpadded(model) -> bool:
+    """True when the student's backbone will pack text batches (FA2 varlen, either backend)."""
+    return (is_flash_attention_2(getattr(model[0].config, "_attn_implementation", None))
+            and bool(getattr(model[0], "can_flatten_inputs", False)))
+
+
+class _TokenCounter:
+    """Counts the input positions the backbone's embedding layer really processes (padding included)."""
+
+    def __init__(self, model) -> None:
+        self.positions = 0
+        self._handle = model[0].model.get_input_embeddings().register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.positions += int(args[0].numel())
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _student_scores(model, pairs: Sequence[tuple[str, str]], device: str):
+    """The `scores` output for `pairs` in one batch, through `model.preprocess` as the MSE loss calls it."""
+    import torch
+
+    features = model.preprocess(list(pairs))
+    features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+    return model(features)["scores"].reshape(-1)
+
+
+def _real_tokens(model, pairs: Sequence[tuple[str, str]]) -> int:
+    """Real tokens in `pairs`, each tokenized alone (so no padding can be in the count)."""
+    return sum(len(model.tokenizer(q, d, truncation=True, max_length=model.max_length)["input_ids"])
+               for q, d in pairs)
+
+
+def _student(backbone: Path, precision: Precision, device: str, *, for_training: bool):
+    return build_student(str(backbone), max_length=256, precision=precision, seed=12, device=device,
+                         for_training=for_training)
+
+
+def check_student(backbone: Path, pairs: Sequence[tuple[str, str]], device: str, label: str,
+                  precision: Precision, reference: Any) -> list[Check]:
+    """Student batch (padded, or packed when FA2 is active) vs each pair alone in fp32 (`reference`)."""
+    import torch
+
+    model = _student(backbone, precision, device, for_training=False)
+    model.eval()
+    unpadded = student_unpadded(model)
+    real = _real_tokens(model, pairs)
+    with torch.inference_mode():
+        _student_scores(model, pairs[:4], device)  # warm-up
+        counter = _TokenCounter(model)
+        _sync(device)
+        start = time.perf_counter()
+        try:
+            got = _student_scores(model, pairs, device).float().cpu().numpy()
+        finally:
+            counter.close()
+        _sync(device)
+        seconds = time.perf_counter() - start
+    diff, scale = _max_rel_diff(got, reference)
+    tol = TOLERANCE[precision.dtype] * scale
+    problems = []
+    if diff > tol:
+        problems.append(f"batched scores differ from each pair alone by {diff:.3g} (tolerance {tol:.3g})")
+    if precision.unpadded and not unpadded:
+        problems.append(f"FA2 was asked for but the student runs padded "
+                        f"(attention {model[0].config._attn_implementation})")
+    if unpadded and counter.positions != real:
+        problems.append(f"reported unpadded, but the backbone processed {counter.positions} positions for "
+                        f"{real} real tokens")
+    path = "unpadded" if unpadded else "padded"
+    padding = counter.positions - real
+    checks = [
+        Check(f"student {path} batch = pairs alone ({label})", "fail" if problems else "pass",
+              f"max|Δ| {diff:.2g} (tol {tol:.2g})",
+              "; ".join(problems) or f"tokens processed {counter.positions}, real {real} "
+              f"({padding} padding); tolerance {TOLERANCE[precision.dtype]:g} x max|reference score|", device),
+        Check(f"student pairs/s ({label})", "pass", f"{len(pairs) / seconds:.0f} pairs/s",
+              f"{path} batch of {len(pairs)}, {padding / max(1, counter.positions):.0%} padding", device),
+    ]
+    return checks
+
+
+def student_reference(backbone: Path, pairs: Sequence[tuple[str, str]], device: str) -> Any:
+    """Each pair alone (no padding at all) through the fp32 + SDPA student: the ground truth for batching."""
+    import numpy as np
+    import torch
+
+    model = _student(backbone, Precision("float32", "sdpa"), device, for_training=False)
+    model.eval()
+    with torch.inference_mode():
+        return np.array([float(_student_scores(model, [pair], device)[0]) for pair in pairs], dtype=np.float32)
+
+
+def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], targets: Any, device: str, label: str,
+                        precision: Precision) -> Check:
+    """One gradient step on the MSE to the teacher's scores, under the precision's autocast, must lower the MSE.
+
+    The step is plain gradient descent sized (Polyak) to cut the loss by 20% to first order: lr = 0.2 * loss /
+    |grad|^2. A right gradient then lowers the loss whatever its scale; a wrong one (a broken backward, a
+    padding leak in the packed path, an overflow) does not. A fixed Adam learning rate could overshoot on a
+    loss that is already small, and fail a healthy machine.
+    """
+    import torch
+
+    model = _student(backbone, precision, device, for_training=True)
+    model.train()
+    target = torch.as_tensor(targets, dtype=torch.float32, device=device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def autocast():
+        if precision.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+    with autocast():
+        loss = torch.nn.functional.mse_loss(_student_scores(model, pairs, device).float(), target)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm2 = float(sum(g.float().pow(2).sum() for g in grads))
+    before = float(loss.detach())
+    finite = all(bool(torch.isfinite(g).all()) for g in grads) and norm2 == norm2
+    if finite and norm2 > 0:
+        lr = 0.2 * before / norm2
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
+    with torch.no_grad(), autocast():
+        after = float(torch.nn.functional.mse_loss(_student_scores(model, pairs, device).float(), target))
+    ok = finite and norm2 > 0 and after < before
+    how = "fp32" if precision.dtype == "float32" else "bf16 autocast, fp32 weights"
+    detail = f"MSE to the teacher {before:.4g} -> {after:.4g} after one gradient step ({how}; 20% expected)"
+    if not finite:
+        detail = "non-finite gradients; " + detail
+    elif norm2 == 0:
+        detail = "all gradients are zero; " + detail
+    elif not ok:
+        detail = "the step did not lower the loss; " + detail
+    return Check(f"one training step lowers MSE ({label})", "pass" if ok else "fail", f"{before:.3g} -> {after:.3g}",
+                 detail, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ranks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_all_reduce(device: str) -> Check:
+    """Under torchrun: all ranks all_reduce (rank + 1); the sum must be world * (world + 1) / 2."""
+    if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return Check("all_reduce across ranks", "skip", "", "not under torchrun (RANK/WORLD_SIZE unset)", device)
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    created = not dist.is_initialized()
+    try:
+        if created:
+            if device.startswith("cuda"):
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend, timeout=timedelta(seconds=60))
+        rank, world = dist.get_rank(), dist.get_world_size()
+        value = torch.tensor([float(rank + 1)], device=device)
+        dist.all_reduce(value)
+        got, expected = float(value.item()), world * (world + 1) / 2
+    except Exception as exc:  # a hung or broken fabric is exactly what this check is for
+        return Check("all_reduce across ranks", "fail", "", f"{backend}: {type(exc).__name__}: {exc}", device)
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+    status = "pass" if got == expected else "fail"
+    return Check("all_reduce across ranks", status, f"{got:g} (expected {expected:g})",
+                 f"{backend}, world size {world}, rank {rank}", device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _failed(name: str, device: str, exc: Exception) -> Check:
+    """An exception inside a check is that check failing, with its one-line reason (never a traceback)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return Check(name, "fail", "", f"{type(exc).__name__}: {first}", device)
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """No download while the doctor runs: the Hub (and so the `kernels` FA2 binaries) is read from the cache only.
+
+    `huggingface_hub` and `kernels` read `constants.HF_HUB_OFFLINE` at call time; the environment variables
+    cover libraries that read them instead. Everything is restored afterwards.
+    """
+    from huggingface_hub import constants
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved_env = {k: os.environ.get(k) for k in names}
+    saved = constants.HF_HUB_OFFLINE
+    os.environ.update({k: "1" for k in names})
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str] | None = None,
+               workdir: str | os.PathLike[str] | None = None) -> list[Check]:
+    """Every check on `device` (auto: the GPU when visible), for the settings in `only` (default: all three).
+
+    The tiny models are built in a temp folder (under `workdir` when given) and removed afterwards.
+    """
+    import numpy as np
+    import torch
+
+    from ettin_cli.core.hardware import resolve_device
+
+    if num_pairs < 8:
+        raise EttinError(f"--pairs must be at least 8, got {num_pairs}")
+    labels = [label for label, _, _ in SETTINGS]
+    for name in only or ():
+        if name not in labels:
+            raise EttinError(f"--only {name}: not a setting; choose from {', '.join(labels)}")
+    device = resolve_device(device)
+    plan = [row for row in plan_settings(device) if not only or row[0] in only]
+    pairs = doctor_pairs(num_pairs)
+    checks: list[Check] = []
+    with offline(), tempfile.TemporaryDirectory(prefix="ettin-doctor-", dir=workdir) as tmp:
+        with torch.random.fork_rng(devices=[]):
+            teacher_path = build_tiny_teacher(Path(tmp) / "teacher", _texts(pairs))
+            backbone = build_tiny_backbone(Path(tmp) / "backbone", _texts(pairs))
+        reference = student_reference(backbone, pairs, device)
+        targets: Any = None  # the naive teacher's scores: what the training step distils
+        for label, precision, reason in plan:
+            if precision is None:
+                for what in ("teacher fast path", "student batch", "one training step"):
+                    checks.append(Check(f"{what} ({label})", "skip", "", reason or "", device))
+                continue
+            try:
+                teacher_checks, teacher_reference = check_teacher(teacher_path, pairs, device, label, precision)
+                targets = teacher_reference if targets is None else targets
+            except Exception as exc:
+                teacher_checks = [_failed(f"teacher fast path = naive forward ({label})", device, exc)]
+            checks.extend(teacher_checks)
+            if precision.unpadded and teacher_checks[0].status == "fail" and fa2_backend() == "kernels":
+                teacher_checks[0].detail += (f" (with the `kernels` backend, FA2 loads {FA2_KERNEL_REPO} from the Hub "
+                                             "cache, offline here: `make install TORCH=cuda` fetches it once)")
+            try:
+                checks.extend(check_student(backbone, pairs, device, label, precision, reference))
+            except Exception as exc:
+                checks.append(_failed(f"student batch = pairs alone ({label})", device, exc))
+            step_targets = targets if targets is not None else np.zeros(len(pairs), dtype=np.float32)
+            try:
+                checks.append(check_training_step(backbone, pairs, step_targets, device, label, precision))
+            except Exception as exc:
+                checks.append(_failed(f"one training step lowers MSE ({label})", device, exc))
+    checks.append(check_all_reduce(device))
+    return checks
+
+
+def failures(checks: Sequence[Check]) -> list[str]:
+    """One line per failed check: `name: detail`."""
+    return [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
+
+
+def report(checks: Sequence[Check]) -> dict[str, Any]:
+    """The `--json` document: `{"fa2_backend": ..., "checks": [{name, status, figure, detail, device}]}`."""
+    return {"fa2_backend": fa2_description(), "checks": [c.as_json() for c in checks]}
+
+
+def print_table(checks: Sequence[Check]) -> None:
+    """The report as a rich table (check, device, result, figure) on stdout, then the FA2 backend line."""
+    import sys
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    colour = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    table = Table(title="ettin doctor")
+    for header in ("check", "device", "result", "figure"):
+        table.add_column(header, overflow="fold")
+    for c in checks:
+        result = c.status if c.status != "skip" else f"skip: {c.detail}"
+        table.add_row(escape(c.name), escape(c.device), f"[{colour[c.status]}]{escape(result)}[/]", escape(c.figure))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    counts = {s: sum(c.status == s for c in checks) for s in STATUSES}
+    console.print(f"Flash Attention 2 backend: {escape(fa2_description())}", highlight=False)
+    console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped", highlight=False)
