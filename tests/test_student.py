@@ -143,6 +143,12 @@ def test_packed_inputs_follow_once_flash_attention_is_present(student, monkeypat
         # packed: one row, no padding, sequence boundaries for the varlen kernel
         assert features["input_ids"].shape[0] == 1 and "attention_mask" not in features
         assert features["cu_seq_lens_q"].tolist()[0] == 0 and len(features["cu_seq_lens_q"]) == 3
+        # The prebuilt `kernels` backend reports its Hub kernel name instead: still FA2, still unpadded.
+        monkeypatch.setattr(transformer.config, "_attn_implementation", "kernels-community/flash-attn2",
+                            raising=False)
+        assert unpadding_active(student)
+        monkeypatch.setattr(transformer.config, "_attn_implementation", "sdpa", raising=False)
+        assert not unpadding_active(student)
     finally:
         transformer.can_flatten_inputs = False
 

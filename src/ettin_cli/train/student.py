@@ -189,7 +189,9 @@ def check_student(model: CrossEncoder) -> None:
 def unpadding_active(model: CrossEncoder) -> bool:
     """True when the backbone runs Flash Attention 2 on packed (unpadded) text batches."""
     transformer = model[0]
-    return (getattr(transformer.config, "_attn_implementation", None) == "flash_attention_2"
+    from ettin_cli.core.hardware import is_flash_attention_2
+
+    return (is_flash_attention_2(getattr(transformer.config, "_attn_implementation", None))
             and bool(getattr(transformer, "can_flatten_inputs", False)))
 
 
@@ -206,7 +208,8 @@ def check_unpadding(model: CrossEncoder, precision: Precision) -> bool:
             "!!! Flash Attention 2 with unpadded inputs was requested but is NOT active "
             f"(attention: {actual}, packed inputs: {bool(getattr(model[0], 'can_flatten_inputs', False))}). "
             "Training will run with padded batches and be several times slower. Check `ettin env`, "
-            "install flash-attn (make install TORCH=cuda) and use an Ampere-or-newer GPU. !!!")
+            "install a Flash Attention 2 backend (`make install TORCH=cuda` fetches the prebuilt `kernels` one) "
+            "and use an Ampere-or-newer GPU. !!!")
     elif active:
         logger.info("attention: Flash Attention 2 on unpadded (packed) inputs")
     return active
