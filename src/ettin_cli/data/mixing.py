@@ -217,8 +217,9 @@ class SourceReader:
         else:
             if spec.requires == "select":
                 raise EttinError(f"source '{spec.name}' ({spec.group}): the raw candidates of {spec.hub} must be "
-                                 f"scored and selected first (ettin score, ettin select); pass --source "
-                                 f"{spec.name}=DIR with the select output, or leave it out with --skip {spec.name}")
+                                 f"scored and selected first (ettin mine --lists, ettin score, ettin select); "
+                                 f"pass --source {spec.name}=DIR with the select output, or leave it out with "
+                                 f"--skip {spec.name}")
             self.inputs = [tables.open_input(spec.hub, config=spec.config, split=spec.split)]
         names = self.inputs[0].column_names
         for out_name in ("query", "document"):
