@@ -135,6 +135,30 @@ def test_top_k_keeps_the_head_of_each_list(replica, tmp_path):
     assert max(r["retriever_rank"] for r in rows) == 4
 
 
+def test_score_and_select_take_the_pairs_unchanged(replica, tiny_qwen2_teacher_path, tmp_path):
+    from ettin_cli.data.selection import SelectionConfig, select
+    from ettin_cli.label.scoring import ScoreJob, run_score
+
+    pairs = tmp_path / "mined"
+    run_lists(replica, "fiqa", pairs, top_k=6)
+    result = run_score(ScoreJob(input=str(pairs), output=tmp_path / "scored", teacher=str(tiny_qwen2_teacher_path),
+                                max_length=256, rows_per_shard=40, device="cpu"))
+    assert result.manifest is not None
+    counts = select(tmp_path / "scored", tmp_path / "selected",
+                    SelectionConfig(keep=5, hard=1, head=2, band_count=2, band=(2, 5), seed=12).validate())
+    selected = read_rows(tmp_path / "selected")
+    mined = read_rows(pairs)
+    assert selected and counts
+    assert {r["query_id"] for r in selected} <= {r["query_id"] for r in mined}
+    by_pair = {(r["query_id"], r["doc_id"]): r for r in mined}
+    for row in selected:  # every selected row is a listed pair, its flags and texts carried through
+        source = by_pair[(row["query_id"], row["doc_id"])]
+        assert (row["query"], row["document"], row["is_positive"]) == (source["query"], source["document"],
+                                                                       source["is_positive"])
+    positives = {(r["query_id"], r["doc_id"]) for r in mined if r["is_positive"]}
+    assert positives <= {(r["query_id"], r["doc_id"]) for r in selected}  # all positives kept by select
+
+
 def test_ranks_split_the_shards_and_resume_after_a_partial_shard(replica, tmp_path):
     whole = tmp_path / "whole"
     run_lists(replica, "nq", whole)
