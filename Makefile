@@ -20,8 +20,8 @@ ETTIN := $(VENV)/bin/ettin
 STAMP := $(VENV)/.installed-$(TORCH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint demo clean mix mine score score-all select select-all train train-all push \
-	push-all push-data eval bench
+.PHONY: help install test lint demo clean mix mine lists lists-all score score-all select select-all train train-all \
+	push push-all push-data eval bench
 
 # ---------------------------------------------------------------------------------------------------------
 # The production chain (GPU box or cluster). Every step writes a manifest.json when complete; make targets are
@@ -43,7 +43,11 @@ NNODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
-RETRIEVAL_SUBSETS ?= msmarco hotpotqa trivia nq squadv2 fiqa fever
+# The 7 retrieval configs of the release: candidate lists of LISTS_DATASET (source = the name after rerank_),
+# turned into pairs by `ettin mine --lists`, then scored and selected.
+RETRIEVAL_SUBSETS ?= rerank_fever rerank_fiqa rerank_hotpotqa rerank_msmarco rerank_nq rerank_squadv2 rerank_trivia
+LISTS_DATASET ?= lightonai/embeddings-fine-tuning
+LISTS_ARGS ?=
 SCORE_ARGS ?=
 TRAIN_ARGS ?=
 ifeq ($(NPROC)$(NNODES),11)
@@ -53,13 +57,14 @@ RUN := $(VENV)/bin/torchrun --nproc_per_node $(NPROC) --nnodes $(NNODES) --node_
 	--master_addr $(MASTER_ADDR) --master_port $(MASTER_PORT) -m ettin_cli
 endif
 # Subsets present after `make mix` / `make mine`, and what training reads: the scored pre-training subsets and
-# the selected retrieval subsets.
+# the selected retrieval subsets (the 7 rerank_* ones always, plus any corpus mined with `make mine`).
 MIXED = $(filter-out validation,$(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mix/*/manifest.json))))
 MINED = $(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mined/*/manifest.json)))
-TRAIN_DATA = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),--data $(WORK)/scored/$(s)) \
-	$(foreach s,$(MINED),--data $(WORK)/selected/$(s))
-TRAIN_DEPS = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(WORK)/scored/$(s)/manifest.json) \
-	$(foreach s,$(MINED),$(WORK)/selected/$(s)/manifest.json)
+SELECTED = $(sort $(RETRIEVAL_SUBSETS) $(MINED))
+PRETRAINING = $(filter-out $(SELECTED),$(MIXED))
+TRAIN_DATA = $(foreach s,$(PRETRAINING),--data $(WORK)/scored/$(s)) $(foreach s,$(SELECTED),--data $(WORK)/selected/$(s))
+TRAIN_DEPS = $(foreach s,$(PRETRAINING),$(WORK)/scored/$(s)/manifest.json) \
+	$(foreach s,$(SELECTED),$(WORK)/selected/$(s)/manifest.json)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -119,21 +124,29 @@ $(WORK)/mined/%/manifest.json: | $(STAMP)
 
 mine: need-SUBSET $(WORK)/mined/$(SUBSET)/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
 
+# The release's retrieval subsets: already-mined lists, no retriever (the shorter stem wins over mined/%).
+$(WORK)/mined/rerank_%/manifest.json: | $(STAMP)
+	$(RUN) mine --lists $(LISTS_DATASET) --source $* --output $(WORK)/mined/rerank_$* $(LISTS_ARGS)
+
+lists: need-SUBSET $(WORK)/mined/$(SUBSET)/manifest.json ## 1b. pairs of one release list: SUBSET=rerank_nq [NPROC=8]
+
+lists-all: $(foreach s,$(RETRIEVAL_SUBSETS),$(WORK)/mined/$(s)/manifest.json) ## 1b. pairs of the 7 rerank_* lists
+
 .SECONDEXPANSION:
-SCORE_INPUT = $(if $(wildcard $(WORK)/mined/$*/manifest.json),$(WORK)/mined/$*,$(WORK)/mix/$*)
+SCORE_INPUT = $(if $(or $(filter $*,$(RETRIEVAL_SUBSETS)),$(wildcard $(WORK)/mined/$*/manifest.json)),$(WORK)/mined/$*,$(WORK)/mix/$*)
 $(WORK)/scored/%/manifest.json: $$(SCORE_INPUT)/manifest.json | $(STAMP)
 	$(RUN) score $(SCORE_INPUT) --teacher $(TEACHER) --output $(WORK)/scored/$* $(SCORE_ARGS)
 
 score: need-SUBSET $(WORK)/scored/$(SUBSET)/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
 
-score-all: $(foreach s,$(MIXED) validation $(MINED),$(WORK)/scored/$(s)/manifest.json) ## 2. every mixed and mined subset
+score-all: $(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/manifest.json) ## 2. every subset
 
 $(WORK)/selected/%/manifest.json: $(WORK)/scored/%/manifest.json | $(STAMP)
 	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*
 
-select: need-SUBSET $(WORK)/selected/$(SUBSET)/manifest.json ## 3. 256 then 64 per query for a mined subset: SUBSET=nq
+select: need-SUBSET $(WORK)/selected/$(SUBSET)/manifest.json ## 3. 256 then 64 per query: SUBSET=rerank_nq
 
-select-all: $(foreach s,$(MINED),$(WORK)/selected/$(s)/manifest.json) ## 3. every mined subset
+select-all: $(foreach s,$(SELECTED),$(WORK)/selected/$(s)/manifest.json) ## 3. the 7 rerank_* and every mined subset
 
 $(RUNS)/%/final/ettin_training.json: $(TRAIN_DEPS) | $(STAMP)
 	$(RUN) train --size $* $(TRAIN_DATA) --validation-data $(WORK)/scored/validation \
@@ -150,8 +163,8 @@ push-all: need-ORG ## 5. publish every trained size
 	$(foreach s,$(SIZES),$(MAKE) push SIZE=$(s) ORG=$(ORG) &&) true
 
 push-data: need-ORG ## 5. publish the scored data as one dataset: ORG=my-org
-	$(ETTIN) push $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(s)=$(WORK)/scored/$(s)) \
-		$(foreach s,$(MINED),$(s)=$(WORK)/selected/$(s)) validation=$(WORK)/scored/validation \
+	$(ETTIN) push $(foreach s,$(PRETRAINING),$(s)=$(WORK)/scored/$(s)) \
+		$(foreach s,$(SELECTED),$(s)=$(WORK)/selected/$(s)) validation=$(WORK)/scored/validation \
 		--repo-id $(ORG)/ettin-reranker-v1-data --repo-type dataset $(PUSH_ARGS)
 
 eval: | $(STAMP) ## 6. teacher and every trained size on EVAL_DATA (default nanobeir)

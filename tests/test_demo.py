@@ -69,9 +69,30 @@ def test_make_train_shows_the_whole_chain_with_torchrun(work):
     assert f"--validation-data {work}/scored/validation" in out
 
 
+RELEASE_LISTS = ("fever", "fiqa", "hotpotqa", "msmarco", "nq", "squadv2", "trivia")
+
+
+def test_make_builds_the_7_release_lists_then_scores_and_selects_them(work):
+    stamp = f"VENV={Path(sys.executable).parents[1]}"
+    out = make_dry("train", "SIZE=17m", f"WORK={work}", stamp)
+    lines = out.splitlines()
+    train = next(i for i, line in enumerate(lines) if " train --size 17m" in line)
+    for source in RELEASE_LISTS:
+        name = f"rerank_{source}"
+        steps = [f" mine --lists lightonai/embeddings-fine-tuning --source {source} --output {work}/mined/{name} ",
+                 f" score {work}/mined/{name} ", f" select {work}/scored/{name} "]
+        at = [next(i for i, line in enumerate(lines) if step in line + " ") for step in steps]
+        assert at == sorted(at) and at[-1] < train, source  # lists -> score -> select -> train
+        assert f"--data {work}/selected/{name}" in lines[train]
+    push = make_dry("push-data", "ORG=o", f"WORK={work}", stamp)
+    assert all(f"rerank_{s}={work}/selected/rerank_{s}" in push for s in RELEASE_LISTS)
+    assert f"agnews={work}/scored/agnews" in push
+
+
 def test_make_reruns_only_what_is_missing(work):
     stamp = f"VENV={Path(sys.executable).parents[1]}"
-    for step in ("scored/agnews", "scored/nq", "selected/nq"):
+    release = [f"{step}/rerank_{s}" for s in RELEASE_LISTS for step in ("mined", "scored", "selected")]
+    for step in ("scored/agnews", "scored/nq", "selected/nq", *release):
         (work / step).mkdir(parents=True)
         (work / step / "manifest.json").write_text("{}")
     out = make_dry("train", "SIZE=17m", f"WORK={work}", stamp)
@@ -80,6 +101,7 @@ def test_make_reruns_only_what_is_missing(work):
 
 def test_make_help_lists_the_pipeline_targets():
     proc = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=REPO_ROOT)
-    for target in ("test", "demo", "mix", "mine", "score", "score-all", "select", "train", "train-all", "push",
+    for target in ("test", "demo", "mix", "mine", "lists", "lists-all", "score", "score-all", "select", "train",
+                   "train-all", "push",
                    "push-data", "eval", "bench"):
         assert f"  {target} " in proc.stdout, target

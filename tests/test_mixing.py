@@ -159,18 +159,33 @@ def test_rerun_skips_finished_subsets(sources, built):
     assert strip(again["subsets"]) == strip(summary["subsets"])  # the counts survive the rerun
 
 
-def test_published_data_recipe_lists_39_sources():
+# RECIPE.md, "Facts of the published release": the 32 pre-training configs of the released dataset.
+PUBLISHED_CONFIGS = " ".join([
+    "agnews altlex amazon_qa amazon_reviews arxiv_title_abstract beir_dbpedia biorxiv_title_abstract cc_news_en",
+    "cnn_dailymail fw_edu gooaq_qa medrxiv_title_abstract msmarco mtp npr paq quora reddit reddit_body_comment",
+    "s2orc_abstract_citation s2orc_citation_titles s2orc_title_abstract stackexchange_body_body",
+    "stackexchange_duplicate_questions stackexchange_qa stackexchange_title_body stackoverflow_title_body",
+    "wikianswers wikihow yahoo_answer yahoo_qa yahoo_question_body"]).split(" ")
+RETRIEVAL = ("fever", "fiqa", "hotpotqa", "msmarco", "nq", "squadv2", "trivia")
+
+
+def test_published_data_recipe_names_the_39_released_configs():
     data, where = mixing.load_data_recipe()
     plan = mixing.load_plan(data, where)
-    groups = [s.group for s in plan.sources]
-    assert len(plan.sources) == 39 and groups.count("pre-training") == 32 and groups.count("retrieval") == 7
-    assert {s.name for s in plan.sources if s.group == "retrieval"} == {
-        "msmarco", "hotpotqa", "trivia", "nq", "squadv2", "fiqa", "fever"}
+    by_name = {s.name: s for s in plan.sources}
+    pre = [s.name for s in plan.sources if s.group == "pre-training"]
+    assert sorted(pre) == sorted(PUBLISHED_CONFIGS) and len(pre) == 32
+    assert {s.name: s.split for s in plan.sources if s.group == "retrieval"} == {f"rerank_{r}": r for r in RETRIEVAL}
+    assert len(plan.sources) == 39
+    assert by_name["fw_edu"].config == "fw-edu" and by_name["msmarco"].config == "msmarco"
+    assert {s.name: s.cap for s in plan.sources if s.cap is not None} == {"amazon_reviews": 5_000_000,
+                                                                          "beir_dbpedia": 2_500_000}
     assert plan.validation_source.name == "quora" and plan.validation_rows == 5000
-    assert all(s.status in ("card", "recipe", "unconfirmed") for s in plan.sources)
     assert all(s.hub == "lightonai/embeddings-pre-training" for s in plan.sources if s.group == "pre-training")
-    assert all(s.hub == "lightonai/embeddings-fine-tuning" and s.requires == "select"
+    assert all(s.hub == "lightonai/embeddings-fine-tuning" and s.config == "scores" and s.requires == "select"
                for s in plan.sources if s.group == "retrieval")
+    text = Path(where).read_text(encoding="utf-8")
+    assert sum(line.lstrip("# ").startswith("Unknown:") for line in text.splitlines()) == 2
 
 
 @pytest.mark.parametrize("change, message", [

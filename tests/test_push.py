@@ -321,6 +321,13 @@ def test_check_model_scores_one_finite_value(trained_model, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- dataset pushes
+def release_files(name: str, folder: Path, split: str = "train") -> list[str]:
+    """The paths in the repo that a push of one `ettin score` folder makes (the released data's layout)."""
+    n = len(json.loads((folder / "manifest.json").read_text())["shards"])
+    return [f"{name}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)] + [
+        f"provenance/{name}/{split}.manifest.json"]
+
+
 def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     import datasets
     import pyarrow as pa
@@ -335,33 +342,35 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     files = stand_in.file_records(repo, "dataset")
     expected = {".gitattributes", "README.md"}
     for folder in score_dirs:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        expected |= {f"data/{folder.name}/{s['file']}" for s in manifest["shards"]}
-        expected.add(f"data/{folder.name}/manifest.json")
-        assert files[f"data/{folder.name}/manifest.json"].content == (folder / "manifest.json").read_bytes()
-        for shard in manifest["shards"]:
-            record = files[f"data/{folder.name}/{shard['file']}"]
-            assert record.lfs and record.sha256 == shard["sha256"]
+        expected |= set(release_files(folder.name, folder))
+        assert files[f"provenance/{folder.name}/train.manifest.json"].content == (
+            folder / "manifest.json").read_bytes()
     assert set(files) == expected
+    assert all(r.lfs for p, r in files.items() if p.endswith(".parquet"))
 
     card = files["README.md"].content.decode()
     meta = yaml.safe_load(card.split("---\n")[1])
     assert meta["license"] == "apache-2.0"
     assert meta["configs"] == [{"config_name": d.name, "data_files": [{"split": "train",
-                                                                        "path": f"data/{d.name}/*.parquet"}]}
+                                                                        "path": f"{d.name}/train-*.parquet"}]}
                                for d in score_dirs]
     teachers = {json.loads((d / "manifest.json").read_text())["teacher"] for d in score_dirs}
     assert len(teachers) == 1 and f"`{teachers.pop()}`" in card
     for folder in score_dirs:
         rows = sum(pq.read_metadata(p).num_rows for p in folder.glob("part-*.parquet"))
-        assert f"| `{folder.name}` | {rows:,} |" in card
+        assert f"| `{folder.name}` | train | {rows:,} |" in card
 
-    # The card's YAML is what `datasets` reads: each config loads the rows of its own source, in order.
+    # The card's YAML is what `datasets` reads: each config loads its own rows, in order, as released:
+    # query, document and label (float32) = the teacher's score.
     clone = stand_in.materialize(repo, tmp_path / "clone", "dataset")
     for folder in score_dirs:
         loaded = datasets.load_dataset(str(clone), folder.name, split="train", cache_dir=str(tmp_path / "cache"))
         local = pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
-        assert loaded.to_list() == local.to_pylist()
+        assert loaded.column_names == ["query", "document", "label"]
+        assert loaded.features["label"].dtype == "float32"
+        assert loaded["query"] == local.column("query").to_pylist()
+        assert loaded["document"] == local.column("document").to_pylist()
+        assert loaded["label"] == local.column("score").cast(pa.float32()).to_pylist()
     assert_no_token_anywhere(TOKEN, [result.stdout, result.stderr], [tmp_path], stand_in)
 
 
@@ -384,8 +393,10 @@ def test_dataset_dry_run_lists_every_file_and_contacts_nothing(score_dirs, stand
     sizes, n_files, total, card = parse_dry_run(result.stdout)
     expected = {}
     for name, folder in (("judged", score_dirs[0]), (score_dirs[1].name, score_dirs[1])):
-        for path in sorted(folder.glob("part-*.parquet")) + [folder / "manifest.json"]:
-            expected[f"data/{name}/{path.name}"] = path.stat().st_size
+        for path in release_files(name, folder):
+            local = (folder / "manifest.json" if path.startswith("provenance/")
+                     else folder / ".release" / name / path.split("/", 1)[1])
+            expected[path] = local.stat().st_size
     expected["README.md"] = len(card.encode())
     assert sizes == expected
     assert n_files == len(expected) and total == sum(expected.values())

@@ -21,7 +21,14 @@ HELP = (
     "  ettin mine --corpus corpus.parquet --queries queries.parquet --qrels qrels.tsv --output mined/mine "
     "--retriever sentence-transformers/all-MiniLM-L6-v2\n\n"
     "  torchrun --nproc_per_node 8 -m ettin_cli mine --corpus corpus.jsonl --queries q.jsonl --output mined "
-    "--retriever Alibaba-NLP/gte-modernbert-base --top-k 2048"
+    "--retriever Alibaba-NLP/gte-modernbert-base --top-k 2048\n\n"
+    "Already-mined candidate lists (no retrieval): --lists DATASET --source NAME reads the `queries`, "
+    "`documents` and `scores` configs of DATASET (lightonai/embeddings-fine-tuning, "
+    "cross-encoder/lightonai-embeddings-fine-tuning-reranked-v1, or a local folder in that layout), split NAME, "
+    "and writes the same pairs schema: every listed id once per query, retriever_rank = position in the list, "
+    "retriever_score = the list's score, is_positive from positive_ids. --top-k N keeps the first N of each "
+    "list (default: all).\n\n"
+    "  ettin mine --lists lightonai/embeddings-fine-tuning --source nq --output work/mined/rerank_nq"
 )
 
 
@@ -30,7 +37,10 @@ def register(app: typer.Typer) -> None:
 
 
 def mine(
-    corpus: str = typer.Option(..., "--corpus", help="BEIR folder, or a parquet/jsonl/csv file or folder."),
+    corpus: str | None = typer.Option(None, "--corpus", help="BEIR folder, or a parquet/jsonl/csv file or folder."),
+    lists: str | None = typer.Option(None, "--lists", help="A dataset of mined candidate lists (Hub id or local "
+                                     "folder with configs queries, documents, scores) instead of --corpus."),
+    source: str | None = typer.Option(None, "--source", help="With --lists: the source (split) to read, e.g. nq."),
     output: str = typer.Option(..., "--output", "-o", help="Output folder (sharded parquet + manifest.json)."),
     queries: str | None = typer.Option(None, "--queries", help="Queries file/folder (default: the BEIR folder's "
                                        "queries.jsonl)."),
@@ -41,7 +51,8 @@ def mine(
                                          "(folder or Hub id). Default: recipe (bm25)."),
     top_k: int | None = typer.Option(None, "--top-k", help="Candidates per query (default: recipe, 2048)."),
     chunk_size: int | None = typer.Option(None, "--chunk-size", help="Corpus documents searched at a time."),
-    queries_per_shard: int | None = typer.Option(None, "--queries-per-shard", help="Queries per output shard."),
+    queries_per_shard: int | None = typer.Option(None, "--queries-per-shard", help="Queries per output shard "
+                                                 "(--lists: lists per shard, default recipe lists_per_shard)."),
     add_positives: bool | None = typer.Option(None, "--add-positives/--no-add-positives",
                                               help="Append judged positives the retriever missed."),
     batch_size: int = typer.Option(64, "--batch-size", help="Bi-encoder batch size."),
@@ -50,15 +61,33 @@ def mine(
     text_column: str | None = typer.Option(None, "--text-column", help="Corpus text column (table input)."),
     query_id_column: str | None = typer.Option(None, "--query-id-column", help="Query id column (table input)."),
     query_text_column: str | None = typer.Option(None, "--query-text-column", help="Query text column."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="With --lists: the datasets Arrow cache "
+                                         "(default: HF_DATASETS_CACHE)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of a different configuration."),
     num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
     shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
 ) -> None:
+    from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mining, mixing
 
     data, where = mixing.load_data_recipe(recipe)
     defaults = mixing.section(data, "mining", where)
+    if (corpus is None) == (lists is None):
+        raise EttinError("give --corpus (mine with a retriever) or --lists (read mined candidate lists), not both")
+    if lists is not None:
+        from ettin_cli.data import lists as id_lists
+
+        if not source:
+            raise EttinError("--lists needs --source NAME (the split of DATASET to read, e.g. nq)")
+        options = id_lists.ListsOptions(top_k=top_k, lists_per_shard=queries_per_shard or int(
+            defaults.get("lists_per_shard", 500)), cache_dir=cache_dir).validate()
+        summary = id_lists.mine_lists(lists, source, output, options, overwrite=overwrite, num_shards=num_shards,
+                                      shard_index=shard_index)
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    if source is not None:
+        raise EttinError("--source goes with --lists")
     options = mining.MineOptions(
         retriever=retriever or defaults.get("retriever", "bm25"),
         top_k=top_k if top_k is not None else defaults.get("top_k", 2048),

@@ -11,12 +11,12 @@ HELP = (
     "validation pair is dropped) and OUT/summary.json with rows per subset.\n\n"
     "A source is a Hub dataset (hub id + config + split from the recipe, streamed) or a local parquet/jsonl/"
     "csv file or folder given with --source NAME=PATH or found as --sources-dir/NAME. The retrieval subsets "
-    "need the output of `ettin select` (--source msmarco=selected/msmarco); leave any subset out with --skip "
+    "need the output of `ettin select` (--source rerank_nq=selected/rerank_nq); leave any subset out with --skip "
     "or build a few with --only. Reruns skip finished subsets and shards. --list shows the sources and exits.\n\n"
     "Examples:\n\n"
     "  ettin mix --list\n\n"
     "  ettin mix --output mix --sources-dir local_sources --only quora,agnews,msmarco\n\n"
-    "  ettin mix --output mix --source msmarco=selected/msmarco --cap agnews=1000000 --skip hotpotqa,trivia\n\n"
+    "  ettin mix --output mix --source rerank_nq=selected/rerank_nq --cap agnews=1000000 --skip rerank_trivia\n\n"
     "  ettin mix --recipe my_data.yaml --output mix"
 )
 

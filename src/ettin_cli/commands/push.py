@@ -13,8 +13,10 @@ HELP = (
     "line, exit code 2, nothing uploaded. A push is one commit, so a failure never leaves a half-updated repo; "
     "transient Hub errors are retried with backoff.\n\n"
     "A model's card is its folder's README.md, or, when there is none or with --replace-card, one rendered from "
-    "ettin_training.json. A dataset gets one config per source directory (`data/<config>/*.parquet` plus its "
-    "manifest) and a generated card listing them; a directory's name is its config name, or write NAME=DIR.\n\n"
+    "ettin_training.json. A dataset is laid out as the released cross-encoder/ettin-reranker-v1-data: one "
+    "config per source directory (its name, or NAME=DIR) with columns query, document and label (float32, the "
+    "`score` of `ettin score`) in CONFIG/SPLIT-*.parquet; `validation=DIR` becomes the validation split of quora "
+    "(the recipe's held-out source), CONFIG:SPLIT=DIR names a split; manifests go to provenance/.\n\n"
     "The token comes from --token, else HF_TOKEN, else `hf auth login`; it is never printed, logged or written. "
     "Prefer HF_TOKEN: a --token value is visible to other users of the machine in the process list.\n\n"
     "Examples:\n\n"
@@ -22,7 +24,8 @@ HELP = (
     "  ettin push runs/17m/final --repo-id my-org/ettin-reranker-17m-v1 --private\n\n"
     "  ettin push runs/17m/final --repo-id my-org/ettin-reranker-17m-v1 --revision v1.1 --replace-card\n\n"
     "  ettin push scored/msmarco scored/hotpotqa --repo-id my-org/ettin-reranker-v1-data --repo-type dataset\n\n"
-    "  ettin push quora=scored/run3 --repo-id my-org/ettin-reranker-v1-data --repo-type dataset --dry-run"
+    "  ettin push quora=scored/run3 --repo-id my-org/ettin-reranker-v1-data --repo-type dataset --dry-run\n\n"
+    "  ettin push scored/quora scored/agnews scored/validation --repo-id my-org/d --repo-type dataset"
 )
 
 

@@ -217,8 +217,9 @@ class SourceReader:
         else:
             if spec.requires == "select":
                 raise EttinError(f"source '{spec.name}' ({spec.group}): the raw candidates of {spec.hub} must be "
-                                 f"scored and selected first (ettin score, ettin select); pass --source "
-                                 f"{spec.name}=DIR with the select output, or leave it out with --skip {spec.name}")
+                                 f"scored and selected first (ettin mine --lists, ettin score, ettin select); "
+                                 f"pass --source {spec.name}=DIR with the select output, or leave it out with "
+                                 f"--skip {spec.name}")
             self.inputs = [tables.open_input(spec.hub, config=spec.config, split=spec.split)]
         names = self.inputs[0].column_names
         for out_name in ("query", "document"):
@@ -323,6 +324,8 @@ class SubsetReport:
     sampled: int = 0
     dropped_empty: int = 0
     dropped_in_validation: int = 0
+    dropped_flagged: int = 0  # upstream `drop` not False (data/upstream_filter.py)
+    dropped_duplicate: int = 0  # upstream `duplicate` set
     rows: int = 0
     has_score: bool = False
     status: str | None = None
@@ -437,12 +440,17 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> 
     """Write every selected subset and the validation split; returns (and saves) the rows-per-subset summary."""
     out = Path(output)
     # Open every source first: a missing column or an unreadable source fails before anything is written.
-    readers = {spec.name: SourceReader(spec) for spec in plan.sources}
+    from ettin_cli.data import upstream_filter
+
+    readers = {spec.name: upstream_filter.wrap(SourceReader(spec)) for spec in plan.sources}
     val_reader = None
     if plan.validation_source is not None and plan.validation_rows:
-        val_reader = readers.get(plan.validation_source.name) or SourceReader(plan.validation_source)
+        val_reader = readers.get(plan.validation_source.name) or upstream_filter.wrap(
+            SourceReader(plan.validation_source))
     if out.exists() and not out.is_dir():
         raise EttinError(f"--output {out}: is a file, not a directory")
+    for reader in readers.values():  # row counts and upstream flags first: a bad flag column writes nothing
+        reader.num_rows()
     out.mkdir(parents=True, exist_ok=True)
     reports: list[SubsetReport] = []
     exclude: set[bytes] = set()
@@ -478,6 +486,7 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> 
         report = SubsetReport(spec.name, spec.group, spec.origin, source_rows=total, held_out=total - stop,
                               cap=spec.cap, sampled=stop if rows is None else len(rows),
                               has_score=bool(reader.score_column), status=spec.status)
+        upstream_filter.annotate(report, reader)
         config = {"step": "mix", "subset": spec.name, "source": spec.origin, "cap": spec.cap, "seed": plan.seed,
                   "source_rows": total, "stop": stop, "validation": exclude_digest, "has_score": report.has_score}
         done = _finished_report(out / spec.name, config) if not overwrite else None
@@ -574,10 +583,12 @@ def print_summary(reports: list[SubsetReport]) -> None:
     rows = []
     for r in reports:
         rows.append([r.name, r.group, f"{r.source_rows:,}", f"{r.held_out:,}",
-                     "none" if r.cap is None else f"{r.cap:,}", f"{r.dropped_empty:,}",
+                     "none" if r.cap is None else f"{r.cap:,}", f"{r.dropped_flagged:,}/{r.dropped_duplicate:,}",
+                     f"{r.dropped_empty:,}",
                      f"{r.dropped_in_validation:,}", f"{r.rows:,}", "yes" if r.has_score else "no",
                      "skipped (done)" if r.skipped else ""])
     train = sum(r.rows for r in reports if r.name != VALIDATION)
     _table(f"training mix: {train:,} rows in {sum(r.name != VALIDATION for r in reports)} subsets",
-           ["subset", "group", "source rows", "held out", "cap", "empty", "in validation", "rows", "score", ""],
+           ["subset", "group", "source rows", "held out", "cap", "drop/duplicate", "empty", "in validation", "rows",
+            "score", ""],
            rows, {"source rows", "held out", "cap", "empty", "in validation", "rows"})

@@ -440,90 +440,12 @@ def verify_score_dir(spec: str | Path) -> ScoreDir:
                     _teacher_of(manifest), sizes)
 
 
-def _size_category(rows: int) -> str:
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
-    for bound, label in bounds:
-        if rows < bound:
-            return label
-    return "1B<n<10B"
-
-
-def render_dataset_card(repo_id: str, configs: list[ScoreDir], license: str = DEFAULT_LICENSE) -> str:
-    """The dataset README: YAML `configs` (one per source directory, `data/<config>/*.parquet`) and the facts.
-
-    The YAML is what makes `load_dataset(repo_id, config)` work; the body repeats the manifests' facts (rows,
-    shards, teacher, columns) so provenance is visible on the page.
-    """
-    from huggingface_hub import DatasetCardData
-
-    total = sum(c.rows for c in configs)
-    meta = DatasetCardData(
-        license=license,
-        language=["en"],
-        task_categories=["text-ranking"],
-        tags=["ettin", "reranking", "knowledge-distillation", "cross-encoder", "teacher-scores"],
-        size_categories=[_size_category(total)],
-        configs=[{"config_name": c.config, "data_files": [{"split": "train", "path": f"data/{c.config}/*.parquet"}]}
-                 for c in configs],
-    )
-    teachers = sorted({c.teacher for c in configs if c.teacher})
-    teacher_text = ", ".join(f"`{t}`" for t in teachers) if teachers else "the teacher named in each manifest"
-    name = repo_id.split("/", 1)[1]
-    lines = ["---", meta.to_yaml().rstrip("\n"), "---", "", f"# {name}", ""]
-    lines.append(
-        f"(query, document, score) pairs scored by the teacher reranker {teacher_text}, published with "
-        "ettin-cli for distilling Ettin rerankers: the students are trained by pointwise "
-        "MSE between their raw output and the `score` column, the teacher's raw logit (for mxbai-rerank-v2, "
-        "`logit(\"1\") - logit(\"0\")`, roughly -12 to 22), with no rescaling.")
-    lines += ["", f"{len(configs)} subset{'s' if len(configs) != 1 else ''} (one per source, so provenance "
-              f"stays visible), {total:,} rows in all, each a `train` split.", "", "## Subsets", "",
-              "| subset | rows | shards | teacher | columns |", "| --- | ---: | ---: | --- | --- |"]
-    for c in configs:
-        lines.append(f"| `{c.config}` | {c.rows:,} | {len(c.shards)} | {f'`{c.teacher}`' if c.teacher else '-'} "
-                     f"| {', '.join(c.columns)} |")
-    first = configs[0].config
-    lines += ["", "## Usage", "", "```python", "from datasets import load_dataset", "",
-              f'pairs = load_dataset("{repo_id}", "{first}", split="train")', "```", "",
-              "## Provenance", "",
-              "Each subset's `data/<subset>/manifest.json` is the manifest `ettin score` wrote for it: the "
-              "shards with their row counts and SHA-256 checksums, checked against the files before this upload.",
-              "", "## License", "", f"{license}", ""]
-    return "\n".join(lines)
-
-
 def plan_dataset_push(data_dirs: list[str | Path], repo_id: str, *, license: str = DEFAULT_LICENSE,
                       commit_message: str | None = None) -> UploadPlan:
-    """Verify every source directory and list the dataset layout: shards, manifests and the card."""
-    repo_id = validate_repo_id(repo_id)
-    if not data_dirs:
-        raise EttinError("give at least one `ettin score` output directory")
-    configs: list[ScoreDir] = []
-    seen: dict[str, Path] = {}
-    for spec in data_dirs:
-        config, folder = _split_config(spec)
-        if config in seen:
-            raise EttinError(f"{folder}: config name '{config}' is already used by {seen[config]} "
-                             "(name one explicitly with NAME=DIR)")
-        seen[config] = folder
-    for spec in data_dirs:
-        configs.append(verify_score_dir(spec))
-    card = render_dataset_card(repo_id, configs, license)
-    _card_metadata(card, "dataset card")
-    files: list[PlannedFile] = []
-    for c in configs:
-        for shard, size in zip(c.shards, c.sizes, strict=True):
-            files.append(PlannedFile(f"data/{c.config}/{shard.name}", size, source=shard))
-        manifest = c.path / "manifest.json"
-        files.append(PlannedFile(f"data/{c.config}/manifest.json", manifest.stat().st_size, source=manifest))
-    card_bytes = card.encode("utf-8")
-    files.append(PlannedFile(CARD_NAME, len(card_bytes), content=card_bytes, note="dataset card, generated"))
-    total = sum(c.rows for c in configs)
-    message = commit_message or (f"Upload {len(configs)} scored subset{'s' if len(configs) != 1 else ''} "
-                                 f"({total:,} rows) with ettin-cli {__version__}")
-    facts = {"configs": {c.config: {"rows": c.rows, "shards": len(c.shards), "teacher": c.teacher}
-                         for c in configs}, "rows": total}
-    return UploadPlan(repo_id, "dataset", files, card, "generated", message, facts)
+    """Verify every source directory and lay it out like the published data set (`dataset_layout.py`)."""
+    from ettin_cli.publish import dataset_layout
+
+    return dataset_layout.plan_dataset_push(data_dirs, repo_id, license=license, commit_message=commit_message)
 
 
 # ------------------------------------------------------------------------------------------- the push
