@@ -34,7 +34,7 @@ def by_query(rows: list[dict]) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def bm25_run(cranfield_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("mine") / "bm25"
-    inputs = mining.resolve_inputs(cranfield_dir)
+    inputs = mining.resolve_inputs(cranfield_dir, split="test")
     summary = mining.mine(inputs, out, mining.MineOptions(top_k=200, queries_per_shard=100))
     return out, summary
 
@@ -119,7 +119,7 @@ def test_mining_resumes_and_refuses_a_different_config(bm25_run, cranfield_dir, 
     kept_mtime = (out / "part-00000.parquet").stat().st_mtime_ns
     shards.remove_shard(out, 1)
     (out / "manifest.json").unlink()
-    inputs = mining.resolve_inputs(cranfield_dir)
+    inputs = mining.resolve_inputs(cranfield_dir, split="test")
     summary = mining.mine(inputs, out, mining.MineOptions(top_k=200, queries_per_shard=100))
     assert summary["complete"]
     assert (out / "part-00000.parquet").stat().st_mtime_ns == kept_mtime  # finished shards are skipped
@@ -130,7 +130,7 @@ def test_mining_resumes_and_refuses_a_different_config(bm25_run, cranfield_dir, 
 
 def test_mining_split_across_ranks_matches_a_single_run(bm25_run, cranfield_dir, tmp_path):
     source, _ = bm25_run
-    inputs = mining.resolve_inputs(cranfield_dir)
+    inputs = mining.resolve_inputs(cranfield_dir, split="test")
     options = mining.MineOptions(top_k=200, queries_per_shard=100)
     first = mining.mine(inputs, tmp_path / "ranks", options, num_shards=2, shard_index=0)
     assert not first["complete"] and not (tmp_path / "ranks" / "manifest.json").exists()
@@ -213,8 +213,8 @@ def test_bad_corpus_and_options_are_one_line_errors(tmp_path):
 def test_cli_mine_writes_shards_and_reports_bad_input_in_one_line(cranfield_dir, tmp_path):
     env = {**os.environ, "ETTIN_TEST": "1"}
     out = tmp_path / "cli"
-    ok = subprocess.run([*ETTIN, "-q", "mine", "--corpus", str(cranfield_dir), "--output", str(out),
-                         "--top-k", "20"], capture_output=True, text=True, env=env)
+    ok = subprocess.run([*ETTIN, "-q", "mine", "--corpus", str(cranfield_dir), "--split", "test", "--output",
+                         str(out), "--top-k", "20"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(ok.stdout)
     assert summary["complete"] and summary["recall@20"] > 0
@@ -272,3 +272,17 @@ def test_mining_says_which_split_fed_its_queries(tmp_path):
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert "the 2 of 3 queries judged in" in stream.getvalue() and "(split 'train')" in stream.getvalue()
+
+
+def test_mining_a_split_the_folder_lacks_is_refused_not_widened_to_every_query(cranfield_dir, tmp_path, capsys):
+    """Cranfield judges only `test`: the default `--split train` must not quietly mine all 225 queries, the
+    test ones included (training on them would make the later evaluation meaningless)."""
+    from conftest import run_cli
+
+    out = tmp_path / "mined"
+    code, _, err = run_cli(["mine", "--corpus", str(cranfield_dir), "--output", str(out)], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {cranfield_dir / 'qrels' / 'train.tsv'}: no such split (this folder has: test); mine the split "
+        "you train on and evaluate on another (README: 'Bring your own corpus' shows how to split one judged set)"]
+    assert not out.exists()

@@ -213,7 +213,7 @@ def scored(cranfield_dir, tmp_path_factory):
     from ettin_cli.data import mining
 
     root = tmp_path_factory.mktemp("select")
-    mining.mine(mining.resolve_inputs(cranfield_dir), root / "mined", mining.MineOptions(top_k=300))
+    mining.mine(mining.resolve_inputs(cranfield_dir, split="test"), root / "mined", mining.MineOptions(top_k=300))
     table = pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(root / "mined")])
     rng = np.random.default_rng(0)
     base = np.nan_to_num(table.column("retriever_score").to_numpy(zero_copy_only=False).astype(float), nan=0.0)

@@ -46,7 +46,8 @@ def mine(
                                        "queries.jsonl)."),
     qrels: str | None = typer.Option(None, "--qrels", help="Judgements, query-id<TAB>corpus-id<TAB>grade "
                                      "(default: the BEIR folder's qrels/SPLIT.tsv when present)."),
-    split: str = typer.Option("test", "--split", help="Qrels split of a BEIR folder."),
+    split: str = typer.Option("train", "--split", help="Qrels split of a BEIR folder whose queries are mined "
+                               "(train; evaluate on another split, e.g. test)."),
     retriever: str | None = typer.Option(None, "--retriever", help="bm25, or a Sentence Transformers bi-encoder "
                                          "(folder or Hub id). Default: recipe (bm25)."),
     top_k: int | None = typer.Option(None, "--top-k", help="Candidates per query (default: recipe, 2048)."),

@@ -72,7 +72,7 @@ class MineInputs:
 
 
 def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels: str | Path | None = None,
-                   split: str = "test", id_column: str | None = None, text_column: str | None = None,
+                   split: str = "train", id_column: str | None = None, text_column: str | None = None,
                    query_id_column: str | None = None, query_text_column: str | None = None) -> MineInputs:
     """Work out corpus, queries and qrels from what the user gave; a BEIR folder supplies all three."""
     corpus_path = Path(corpus)
@@ -108,6 +108,13 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
     elif root is not None and (root / "qrels" / f"{split}.tsv").is_file():
         qrels_path = root / "qrels" / f"{split}.tsv"
         return MineInputs(corpus_src, queries_src, qrels_path, judged_only=queries is None)
+    elif root is not None and queries is None and (root / "qrels").is_dir():
+        # Mining every query of a folder whose judged split is another one would train on the queries that
+        # split evaluates: refuse instead of falling back to all queries.
+        have = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+        raise EttinError(f"{root / 'qrels' / (split + '.tsv')}: no such split (this folder has: "
+                         f"{', '.join(have) or 'none'}); mine the split you train on and evaluate on another "
+                         "(README: 'Bring your own corpus' shows how to split one judged set)")
     return MineInputs(corpus_src, queries_src, qrels_path)
 
 
