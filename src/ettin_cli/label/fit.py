@@ -70,7 +70,7 @@ def folder_kind(path: str | os.PathLike[str]) -> tuple[str | None, str]:
 
 def fitting_format(kind: str | None) -> str:
     """The --format to suggest for a folder of this kind."""
-    return {"judge": "a judge format (mxbai-v2, qwen3-reranker or a .yaml file)", "cross-encoder": "cross-encoder",
+    return {"judge": "mxbai-v2, qwen3-reranker or a judge .yaml file", "cross-encoder": "cross-encoder",
             "bi-encoder": "bi-encoder", "encoder": "bi-encoder"}.get(kind or "", "none of the score formats")
 
 

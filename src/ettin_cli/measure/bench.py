@@ -276,8 +276,8 @@ def set_unpadded(scorer: Any, unpadded: bool) -> bool:
     """Switch a loaded scorer between padded and unpadded (packed) batches; return what is now in effect.
 
     Judge teachers (mxbai-v2, qwen3-reranker, ...) pack pairs into one row themselves (`packed`); Sentence
-    Transformers models (students, cross-encoders, bi-encoders) pack through their Transformer module's `unpad_inputs`, which only takes
-    effect under Flash Attention 2.
+    Transformers models (students, cross-encoders, bi-encoders) pack through their Transformer module's
+    `unpad_inputs`, which only takes effect under Flash Attention 2.
     """
     if hasattr(scorer, "packed"):
         scorer.packed = bool(unpadded)
