@@ -227,3 +227,32 @@ def test_template_tokens_count_every_fixed_piece(qwen3, tiny_qwen2_teacher_path)
     assert template_tokens(judge, tok) == expected
     (seq,), _, _ = qwen3.encode_pairs([""], [""])
     assert template_tokens(judge, tok) == len(seq)
+
+
+def test_eval_and_bench_take_a_judge_and_its_instruction(tiny_qwen3_reranker_path, tiny_student_path,
+                                                         cranfield_dir, tmp_path, capsys):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "eval"
+    code, _, err = run_cli(["-q", "eval", str(tiny_qwen3_reranker_path), str(tiny_student_path), "--data",
+                            str(cranfield_dir), "--max-queries", "2", "--top-k", "4", "--max-length", "256",
+                            "--device", "cpu", "--instruction", "Find aeronautics papers", "--output", str(out)],
+                           capsys)
+    assert code == 0, err
+    entries = {e["model"]: e for e in json.loads((out / "eval.json").read_text())["results"]}
+    judge = next(e for e in entries.values() if e.get("format") == "qwen3-reranker")
+    assert judge["instruction"] == "Find aeronautics papers"
+    student = next(e for e in entries.values() if e.get("format") == "cross-encoder")
+    assert "instruction" not in student  # the instruction is the judge's alone
+    code, _, err = run_cli(["eval", str(tiny_student_path), "--data", str(cranfield_dir), "--instruction", "x",
+                            "--output", str(tmp_path / "e2")], capsys)
+    assert code == 2 and "--instruction applies to judge formats" in err and not (tmp_path / "e2").exists()
+    code, _, err = run_cli(["-q", "bench", str(tiny_qwen3_reranker_path), "--data", str(cranfield_dir),
+                            "--num-pairs", "8", "--batch-size", "4", "--passes", "1", "--max-length", "128",
+                            "--device", "cpu", "--instruction", "Find aeronautics papers", "--output",
+                            str(tmp_path / "bench"), "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    assert rows[0]["format"] == "qwen3-reranker" and rows[0]["status"] == "ok"

@@ -500,7 +500,9 @@ def compare_models(
         runs = {}
         result = evaluate_reranker(score_fn, datasets, top_k, candidates, runs=runs, description=label)
         entries.append({"model": label, "source": model, "role": "reranker", "format": scorer.format,
-                        "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length, **result})
+                        "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length,
+                        **({"instruction": scorer.instruction} if getattr(scorer, "instruction", None) else {}),
+                        **result})
         all_runs[label] = runs
         del scorer, score_fn
         _release_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
