@@ -120,6 +120,22 @@ def test_newly_initialised_weights_are_refused_at_load(headless_qwen2, cranfield
     assert not out.exists()
 
 
+def test_a_classifier_missing_from_the_checkpoint_is_refused(bare_bert, tmp_path):
+    """config.json says sequence classifier, the weights are a bare BERT's: the head would be random."""
+    import json
+
+    from ettin_cli.label.teacher import load_teacher
+
+    fake = tmp_path / "fake-cross-encoder"
+    shutil.copytree(bare_bert, fake)
+    config = json.loads((fake / "config.json").read_text())
+    config.update(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"},
+                  label2id={"LABEL_0": 0})
+    (fake / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EttinError, match=r"weights newly initialised: classifier.bias, classifier.weight"):
+        load_teacher(fake, device="cpu")
+
+
 def test_unused_checkpoint_weights_are_reported():
     from ettin_cli.label.fit import loading_problems, refuse_loading_problems
 

@@ -18,6 +18,7 @@ import numpy as np
 from ettin_cli.core.errors import EttinError
 from ettin_cli.label.base import DEFAULT_ENCODER_BATCH, BaseTeacher
 from ettin_cli.label.batching import check_texts, plan_batches
+from ettin_cli.label.fit import loading_report, refuse_loading_problems
 
 
 def _st_model_kwargs(dtype: str, attn: str) -> dict[str, Any]:
@@ -37,11 +38,13 @@ class CrossEncoderTeacher(BaseTeacher):
         from sentence_transformers import CrossEncoder
 
         try:
-            model = CrossEncoder(str(path), device=device, activation_fn=torch.nn.Identity(),
-                                 model_kwargs=_st_model_kwargs(dtype, attn), max_length=max_length,
-                                 local_files_only=True)
+            with loading_report() as info:
+                model = CrossEncoder(str(path), device=device, activation_fn=torch.nn.Identity(),
+                                     model_kwargs=_st_model_kwargs(dtype, attn), max_length=max_length,
+                                     local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EttinError(f"--teacher {name}: cannot load as a cross-encoder ({exc})") from None
+        refuse_loading_problems(info, name, "cross-encoder")
         model.eval()
         self.model = model
         self.tokenizer = model.tokenizer
@@ -110,10 +113,14 @@ class BiEncoderTeacher(BaseTeacher):
         from sentence_transformers import SentenceTransformer
 
         try:
-            model = SentenceTransformer(str(path), device=device, model_kwargs=_st_model_kwargs(dtype, attn),
-                                        local_files_only=True)
+            with loading_report() as info:
+                model = SentenceTransformer(str(path), device=device, model_kwargs=_st_model_kwargs(dtype, attn),
+                                            local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EttinError(f"--teacher {name}: cannot load as a bi-encoder ({exc})") from None
+        # A pretrained LM's own heads (an MLM head, a pooler) are dropped by design: only new weights are wrong.
+        refuse_loading_problems({"missing_keys": info["missing_keys"], "mismatched_keys": info["mismatched_keys"]},
+                                name, "bi-encoder")
         if max_length:
             model.max_seq_length = max_length
         model.eval()

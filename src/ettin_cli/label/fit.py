@@ -17,7 +17,11 @@ error naming the format that fits:
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +112,47 @@ def refuse_loading_problems(info: dict[str, Any], name: str, fmt: str) -> None:
     problems = loading_problems(info)
     if problems:
         raise EttinError(f"{name}: not a {fmt} checkpoint ({problems}); it would score with a random head")
+
+
+_REPORT_LOGGERS = ("transformers.modeling_utils", "transformers.utils.loading_report")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STATUS = {"MISSING": "missing_keys", "UNEXPECTED": "unexpected_keys", "MISMATCH": "mismatched_keys"}
+
+
+@contextmanager
+def loading_report() -> Iterator[dict[str, set[str]]]:
+    """Collect transformers' load report (missing, unexpected, mismatched keys) of models loaded inside.
+
+    For libraries that load through `from_pretrained` but do not pass `output_loading_info` through (Sentence
+    Transformers). The report is the table transformers logs as a warning; it is caught here (and not printed,
+    whatever the verbosity) and read back into the `output_loading_info` layout once the block ends.
+    """
+    info: dict[str, set[str]] = {key: set() for key in _STATUS.values()}
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    saved = []
+    for name in _REPORT_LOGGERS:
+        log = logging.getLogger(name)
+        saved.append((log, log.level, log.propagate))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+    try:
+        yield info
+    finally:
+        for log, level, propagate in saved:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            log.propagate = propagate
+        for record in records:
+            message = _ANSI.sub("", record.getMessage())
+            if "LOAD REPORT" not in message:
+                continue
+            for line in message.splitlines():
+                cells = [c.strip() for c in line.split("|")]
+                if len(cells) >= 2 and cells[1] in _STATUS and cells[0]:
+                    info[_STATUS[cells[1]]].add(cells[0])
 
 
 def check_base_model(path: str | os.PathLike[str], name: str, option: str = "--base-model") -> None:

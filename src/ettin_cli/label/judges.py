@@ -68,10 +68,14 @@ class JudgeFormat:
 
 
 def builtin_dir() -> Path:
-    """`recipes/teachers/` of this checkout (or `$ETTIN_RECIPES/teachers`)."""
+    """`$ETTIN_RECIPES/teachers` when that folder exists, else `recipes/teachers/` of this checkout.
+
+    A custom recipes folder without a `teachers/` of its own still gets the built-in judge formats.
+    """
     from ettin_cli.core.recipes import recipes_dir
 
-    return recipes_dir() / "teachers"
+    custom = recipes_dir() / "teachers"
+    return custom if custom.is_dir() else Path(__file__).resolve().parents[3] / "recipes" / "teachers"
 
 
 def builtin_names() -> list[str]:
