@@ -208,3 +208,57 @@ def tiny_student_path(tiny_modernbert_path, tmp_path_factory) -> Path:
                           for_training=False)
     model.save_pretrained(str(out))
     return out
+
+
+QWEN3_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def build_qwen3_reranker(out: Path, texts: list[str], *, vocab_size: int = 2000, seed: int = 0) -> Path:
+    """A random Qwen3ForCausalLM with a byte-level BPE tokenizer in the Qwen3-Reranker layout.
+
+    As in the real Qwen3 vocabulary: `<|im_start|>`, `<|im_end|>`, `<think>`, `</think>` are special tokens, and
+    "yes" and "no" (no leading space: they follow "\\n\\n" in the template) are single tokens. The BPE is trained
+    on `texts` plus lines holding "yes" and "no" on their own, so those merges exist.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN3_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(list(texts) + ["yes\nno\n"] * 200, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        padding_side="left", model_max_length=40960)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>",
+                                                                "</think>"]})
+    for word in ("yes", "no"):
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,  # as Qwen3-Reranker-0.6B: the score rows come from the tied embedding
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_reranker_path(cranfield_dir, tmp_path_factory) -> Path:
+    """A tiny random Qwen3ForCausalLM + BPE tokenizer laid out like Qwen/Qwen3-Reranker-4B."""
+    out = tmp_path_factory.mktemp("tiny-qwen3-reranker")
+    return build_qwen3_reranker(out, cranfield_texts(cranfield_dir))

@@ -15,6 +15,7 @@ HELP = (
     'Prints a table and writes OUTPUT/bench.json and OUTPUT/bench.png.\n\n'
     'Examples:\n\n'
     '  ettin bench out/17m/final out/150m/final\n\n'
+    '  ettin bench Qwen/Qwen3-Reranker-4B --num-pairs 512   # qwen3-reranker, detected\n\n'
     '  ettin bench out/17m/final --ablation --data nanobeir:nq\n\n'
     '  ettin bench mixedbread-ai/mxbai-rerank-large-v2 --format mxbai-v2 --num-pairs 1024\n\n'
     '  ettin bench out/17m/final --data ../shared/data/cranfield --device cpu --max-batch-size 64\n\n'
@@ -33,8 +34,11 @@ def bench_command(
     num_pairs: int = typer.Option(4096, "--num-pairs", "-n", help="Pairs per timed pass (lower it for big "
                                   "models on CPU)."),
     max_length: int = typer.Option(512, "--max-length", help="Token cap per pair."),
-    formats: list[str] = typer.Option(["auto"], "--format", help="auto, mxbai-v2, cross-encoder or bi-encoder; "
-                                      "once for all models or once per model."),
+    formats: list[str] = typer.Option(["auto"], "--format", help="auto, mxbai-v2, qwen3-reranker, cross-encoder, "
+                                      "bi-encoder or a judge format .yaml file; once for all models or once "
+                                      "per model."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Judge formats only: replaces the "
+                                           "format's default instruction (its tokens are part of the cost)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     dtypes: list[str] = typer.Option(["auto"], "--dtype", help="auto, float32, bfloat16, float16. Repeatable "
                                      "(a sweep)."),
@@ -81,7 +85,8 @@ def bench_command(
     pairs = bench_pairs(data, num_pairs, seed=seed)
     limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else default_memory_limit()
     report = run_bench(models, pairs, settings, formats=formats, device=dev, max_length=max_length, passes=passes,
-                       start_batch=start_batch, max_batch=max_batch, memory_limit=limit, batch_size=batch_size)
+                       start_batch=start_batch, max_batch=max_batch, memory_limit=limit, batch_size=batch_size,
+                       instruction=instruction)
     report["data"] = data
     report["seed"] = seed
     json_path, png_path = write_bench(report, output)

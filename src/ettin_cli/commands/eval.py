@@ -10,7 +10,8 @@ HELP = (
     "Rerank the retriever's top-k for every query and compare models in one table.\n\n"
     'Reports NDCG@10, MRR@10 and Recall@k (ir-measures) per dataset and the mean, for every MODEL and for'
     ' the retriever alone (the line a reranker must beat). MODEL is a student folder, a Hub id, or a '
-    'teacher in any score format (mxbai-v2, cross-encoder, bi-encoder), so a teacher and its students '
+    'teacher in any score format (mxbai-v2, qwen3-reranker, a judge .yaml, cross-encoder, bi-encoder), so '
+    'a teacher and its students '
     'compare in one table. Writes OUTPUT/eval.json (every number), OUTPUT/eval.png and TREC run files '
     'under OUTPUT/runs/.\n\n'
     'Examples:\n\n'
@@ -18,6 +19,8 @@ HELP = (
     '  ettin eval mixedbread-ai/mxbai-rerank-large-v2 out/17m/final out/150m/final --data nanobeir\n\n'
     '  ettin eval teacher/ student/ --format mxbai-v2 --format cross-encoder --data beir/ --top-k 100\n\n'
     '  ettin eval out/17m/final --data beir/scifact --retriever sentence-transformers/all-MiniLM-L6-v2\n\n'
+    '  ettin eval Qwen/Qwen3-Reranker-4B out/17m/final --data nanobeir --instruction "Given a question, '
+    'retrieve passages that answer it"\n\n'
     '  ettin eval teacher/ runs/17m/final --data beir/scifact --reference 1   # MSE/Spearman to the teacher\n'
 )
 
@@ -34,8 +37,11 @@ def eval_command(
                                   "(Sentence Transformers folder or Hub id)."),
     top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates per query to rerank (100 in every "
                               "published figure)."),
-    formats: list[str] = typer.Option(["auto"], "--format", help="Score format: auto, mxbai-v2, cross-encoder "
-                                      "or bi-encoder. Once for all models, or once per model in order."),
+    formats: list[str] = typer.Option(["auto"], "--format", help="Score format: auto, mxbai-v2, qwen3-reranker, "
+                                      "cross-encoder, bi-encoder or a judge format .yaml file. Once for all "
+                                      "models, or once per model in order."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Judge formats only (mxbai-v2, "
+                                           "qwen3-reranker, .yaml): replaces the format's default instruction."),
     output: Path = typer.Option(Path("eval"), "--output", "-o", help="Output folder for eval.json, eval.png "
                                 "and runs/."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per forward pass (default: a "
@@ -65,7 +71,8 @@ def eval_command(
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
     report = compare_models(models, data, formats=formats, retriever=retriever, top_k=top_k, output_dir=output,
                             device=device, dtype=dtype, attn=attn, max_length=max_length, batch_size=batch_size,
-                            reference=reference, max_queries=max_queries)
+                            reference=reference, max_queries=max_queries,
+                            instruction=instruction)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:

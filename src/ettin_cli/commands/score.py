@@ -20,6 +20,9 @@ HELP = (
     "  ettin score data/ --teacher ./student --teacher-format cross-encoder --output scored/ --limit 10000\n\n"
     "  ettin score lightonai/embeddings-fine-tuning --config msmarco --teacher TEACHER --output scored/msmarco\n\n"
     "  torchrun --nproc_per_node 8 -m ettin_cli score pairs/ --teacher TEACHER --output scored/\n\n"
+    "  ettin score pairs.parquet --teacher Qwen/Qwen3-Reranker-4B --output scored/ --instruction 'Given a "
+    "question, retrieve passages that answer it'\n\n"
+    "  ettin score pairs.parquet --teacher ./my-judge --teacher-format my-judge.yaml --output scored/\n\n"
     "  ettin score pairs.jsonl --teacher sentence-transformers/all-MiniLM-L6-v2 --output demo/"
 )
 
@@ -35,17 +38,19 @@ def score(
     output: Path = typer.Option(..., "--output", "-o", help="Output directory for part-*.parquet and "
                                 "manifest.json."),
     teacher_format: str = typer.Option("auto", "--teacher-format",
-                                       help="auto | mxbai-v2 | cross-encoder | bi-encoder (auto reads the "
-                                       "model's config and says what it picked)."),
+                                       help="auto | mxbai-v2 | qwen3-reranker | cross-encoder | bi-encoder | "
+                                       "path/to/format.yaml (a judge format of your own; see recipes/teachers/). "
+                                       "auto reads the model's config and says what it picked."),
     teacher_revision: str | None = typer.Option(None, "--teacher-revision", help="Hub revision of the teacher."),
     config: str | None = typer.Option(None, "--config", help="Hub dataset config (subset) name."),
     split: str = typer.Option("train", "--split", help="Hub dataset split."),
     query_column: str = typer.Option("query", "--query-column", help="Column holding the queries."),
     document_column: str = typer.Option("document", "--document-column", help="Column holding the documents."),
     score_column: str = typer.Option("score", "--score-column", help="Name of the new score column."),
-    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per pair (default: mxbai-v2 "
-                                          "8192; else the model's own limit). Longer pairs are truncated as the "
-                                          "format says and counted in the manifest."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per pair (default: a judge "
+                                          "format's own, 8192 for mxbai-v2 and qwen3-reranker; else the model's "
+                                          "own limit). Longer pairs are truncated as the format says and counted "
+                                          "in the manifest."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16 (auto: bf16 on a "
                               "capable GPU, fp32 on CPU)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (auto: the local rank's GPU "
@@ -63,8 +68,9 @@ def score(
     limit: int | None = typer.Option(None, "--limit", help="Score only the first N input rows."),
     sort_window: int = typer.Option(8192, "--sort-window", help="Pairs sorted together by length before "
                                     "batching (larger: less padding, more memory)."),
-    instruction: str | None = typer.Option(None, "--instruction", help="mxbai-v2 only: an instruction line "
-                                           "placed before the query."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Judge formats only: the instruction "
+                                           "placed before the query (replaces the format's default: none for "
+                                           "mxbai-v2, a web-search one for qwen3-reranker)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip rows with a null query or document "
                                       "(counted and listed in the manifest) instead of failing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output of a different run in "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,16 +100,19 @@ def _check_job(job: ScoreJob) -> None:
 
 def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
     """(identity for the run config, a TeacherSpec to load later or the teacher object given)."""
+    from ettin_cli.label.judges import builtin_dir
     from ettin_cli.label.teacher import model_fingerprint, resolve_teacher
 
     if isinstance(job.teacher, (str, Path)):
         spec = resolve_teacher(str(job.teacher), job.teacher_format, device=job.device, dtype=job.dtype,
                                attn=job.attn, revision=job.teacher_revision)
         name, path, revision, fmt, dtype = spec.name, spec.path, spec.revision, spec.format, spec.dtype
+        judge = spec.judge
         handle: Any = spec
     else:
         t = job.teacher
         name, path, revision, fmt, dtype = t.name, Path(t.path), t.revision, t.format, t.dtype
+        judge = getattr(t, "judge", None)
         handle = t
     identity = {
         # A Hub teacher is its id at a commit; a local one is its content (so moving the folder is harmless).
@@ -118,6 +122,9 @@ def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
         "format": fmt,
         "dtype": dtype,
     }
+    if judge is not None and judge.source and Path(judge.source).parent != builtin_dir():
+        # A user's own judge format file: its content is part of what produced the labels.
+        identity["judge_format_sha256"] = judge.sha256
     return identity, handle
 
 
@@ -230,6 +237,7 @@ def run_score(job: ScoreJob) -> ScoreResult:
     _check_job(job)
     rank = current_rank(job.num_shards, job.shard_index)
     output = Path(job.output)
+    output_existed = output.exists()
     if output.exists() and not output.is_dir():  # before the (slow) input checks
         raise EttinError(f"--output {output}: is a file, not a directory")
 
@@ -290,7 +298,12 @@ def run_score(job: ScoreJob) -> ScoreResult:
 
     rows_scored = 0
     if todo:
-        teacher = handle.load(job.max_length, job.instruction) if isinstance(handle, TeacherSpec) else handle
+        try:
+            teacher = handle.load(job.max_length, job.instruction) if isinstance(handle, TeacherSpec) else handle
+        except EttinError:
+            if not output_existed and not done:  # a refused teacher leaves no half-made output folder
+                shutil.rmtree(output, ignore_errors=True)
+            raise
         schema = source.schema.append(pa.field(job.score_column, pa.float32()))
         teacher_info = {"device": teacher.device, "attn": teacher.attn, "max_length": teacher.max_length}
         todo_rows = sum(ranges[i][1] - ranges[i][0] for i in todo)

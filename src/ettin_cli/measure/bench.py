@@ -275,11 +275,11 @@ def _release(device: str) -> None:
 def set_unpadded(scorer: Any, unpadded: bool) -> bool:
     """Switch a loaded scorer between padded and unpadded (packed) batches; return what is now in effect.
 
-    mxbai-v2 teachers pack pairs into one row themselves (`packed`); Sentence Transformers models (students,
-    cross-encoders, bi-encoders) pack through their Transformer module's `unpad_inputs`, which only takes
-    effect under Flash Attention 2.
+    Judge teachers (mxbai-v2, qwen3-reranker, ...) pack pairs into one row themselves (`packed`); Sentence
+    Transformers models (students, cross-encoders, bi-encoders) pack through their Transformer module's
+    `unpad_inputs`, which only takes effect under Flash Attention 2.
     """
-    if getattr(scorer, "format", None) == "mxbai-v2":
+    if hasattr(scorer, "packed"):
         scorer.packed = bool(unpadded)
         return scorer.packed
     model = getattr(scorer, "model", None)
@@ -411,10 +411,14 @@ def run_bench(
     max_batch: int | None = None,
     memory_limit: int | None = None,
     batch_size: int | None = None,
+    instruction: str | None = None,
 ) -> dict[str, Any]:
-    """Time every model under every setting (skipped settings are recorded with their reason, not run)."""
+    """Time every model under every setting (skipped settings are recorded with their reason, not run).
+
+    `instruction` replaces the default instruction of judge-format models (its length is part of their cost).
+    """
     from ettin_cli.core.hardware import describe
-    from ettin_cli.label.teacher import load_teacher
+    from ettin_cli.label.teacher import is_judge_format, load_teacher
 
     models = [str(m) for m in models]
     if not models:
@@ -427,6 +431,9 @@ def run_bench(
 
     # Pre-flight: every model resolves (and has a known format) before any timing starts.
     resolved = [resolve_model(model, fmt) for model, fmt in zip(models, formats, strict=True)]
+    if instruction is not None and not any(is_judge_format(f) for _, f in resolved):
+        raise EttinError("--instruction applies to judge formats (mxbai-v2, qwen3-reranker, a .yaml format) and "
+                         "no MODEL is one")
 
     rows: list[dict[str, Any]] = []
     for model, label, (path, fmt) in zip(models, model_labels(models), resolved, strict=True):
@@ -438,7 +445,8 @@ def run_bench(
                 console.logger.info("%s [%s]: skipped (%s)", label, setting.label, reason)
                 continue
             scorer = load_teacher(path, fmt, device=device, dtype=setting.dtype, attn=setting.attn,
-                                  max_length=max_length)
+                                  max_length=max_length, option="--format",
+                                  instruction=instruction if is_judge_format(fmt) else None)
             active = set_unpadded(scorer, setting.unpadded)
             if active != setting.unpadded:
                 rows.append({**row, "status": "skipped",

@@ -381,13 +381,19 @@ def _file_label(label: str) -> str:
 def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
     """A MODEL argument -> (local folder, score format), with errors phrased for `eval`/`bench` (MODEL, --format).
 
-    Cheap for local folders (config files only), so commands call it for every model before any heavy work.
+    Cheap for local folders (config files only), so commands call it for every model before any heavy work;
+    a format the folder does not fit (a cross-encoder as a bi-encoder, say) is refused here.
     """
-    from ettin_cli.label.teacher import detect_format, resolve_model_path
+    from ettin_cli.label.fit import check_format_fits
+    from ettin_cli.label.teacher import check_format_name, detect_format, resolve_model_path
 
+    judge = check_format_name(fmt, "--format")
     try:
         path, _ = resolve_model_path(model)
-        return str(path), detect_format(path) if fmt == "auto" else fmt
+        if fmt == "auto":
+            return str(path), detect_format(path)
+        check_format_fits(path, fmt, is_judge=judge is not None, name=model, option="--format")
+        return str(path), fmt
     except EttinError as exc:
         reason = str(exc).split(": ", 1)[-1].replace("--teacher-format", "--format")
         raise EttinError(f"MODEL {model}: {reason}") from None
@@ -405,15 +411,14 @@ def _release_memory() -> None:
 
 def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
     """One score format per model from `--format` given once (for all models) or once per model, in order."""
-    from ettin_cli.label.teacher import FORMATS
+    from ettin_cli.label.teacher import check_format_name
 
     formats = list(formats) or ["auto"]
     if len(formats) not in (1, len(models)):
         raise EttinError(f"--format given {len(formats)} times for {len(models)} models: give it once (for all "
                          "models) or once per model, in order")
     for fmt in formats:
-        if fmt not in ("auto", *FORMATS):
-            raise EttinError(f"--format must be auto or one of {', '.join(FORMATS)}, got '{fmt}'")
+        check_format_name(fmt, "--format")
     return formats * len(models) if len(formats) == 1 else formats
 
 
@@ -432,6 +437,7 @@ def compare_models(
     batch_size: int | None = None,
     reference: int | None = None,
     max_queries: int | None = None,
+    instruction: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model on the same first-stage candidates; the retriever alone is the first entry.
 
@@ -439,7 +445,8 @@ def compare_models(
     with the reference on the very same (query, candidate) pairs: MSE of the raw scores (the distillation loss)
     and the mean per-query Spearman correlation of the rankings. That is how a distilled student is judged
     against its teacher, beyond the retrieval metrics. `max_queries` keeps the first N judged queries of each
-    dataset (a quicker look; the report says so).
+    dataset (a quicker look; the report says so). `instruction` replaces the default instruction of the
+    judge-format models (mxbai-v2, qwen3-reranker, a .yaml format) and is refused for any other format.
 
     Models are any `teacher.load_teacher` input (a student folder, a Hub id, a teacher in any score format);
     `formats` is one format for all models or one per model. Every model is checked before any heavy work
@@ -447,7 +454,7 @@ def compare_models(
     `eval.json` (every number and setting), `eval.png` and one TREC run file per model and dataset under
     `runs/`, all at the end and atomically.
     """
-    from ettin_cli.label.teacher import load_teacher
+    from ettin_cli.label.teacher import is_judge_format, load_teacher
 
     models = [str(m) for m in models]
     if not models:
@@ -461,6 +468,9 @@ def compare_models(
     resolved: list[tuple[str, str]] = []
     for model, fmt in zip(models, formats, strict=True):
         resolved.append(resolve_model(model, fmt))
+    if instruction is not None and not any(is_judge_format(f) for _, f in resolved):
+        raise EttinError("--instruction applies to judge formats (mxbai-v2, qwen3-reranker, a .yaml format) and "
+                         "no MODEL is one")
     if max_queries is not None and max_queries < 1:
         raise EttinError(f"--max-queries must be at least 1, got {max_queries}")
     datasets, known = load_eval_data(data, top_k=top_k)
@@ -481,7 +491,8 @@ def compare_models(
                 **evaluate_candidates(datasets, candidates, top_k, runs=runs)}]
     all_runs[retriever_label] = runs
     for label, model, (path, fmt) in zip(labels, models, resolved, strict=True):
-        scorer = load_teacher(path, fmt, device=device, dtype=dtype, attn=attn, max_length=max_length)
+        scorer = load_teacher(path, fmt, device=device, dtype=dtype, attn=attn, max_length=max_length,
+                              instruction=instruction if is_judge_format(fmt) else None, option="--format")
 
         def score_fn(queries: list[str], documents: list[str], _scorer: Any = scorer) -> Any:
             return _scorer.score(queries, documents, batch_size=batch_size)
@@ -489,7 +500,9 @@ def compare_models(
         runs = {}
         result = evaluate_reranker(score_fn, datasets, top_k, candidates, runs=runs, description=label)
         entries.append({"model": label, "source": model, "role": "reranker", "format": scorer.format,
-                        "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length, **result})
+                        "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length,
+                        **({"instruction": scorer.instruction} if getattr(scorer, "instruction", None) else {}),
+                        **result})
         all_runs[label] = runs
         del scorer, score_fn
         _release_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
