@@ -306,6 +306,7 @@ class _BaseTeacher:
         self.max_length = max_length
         self.revision = revision
         self.stats = ScoreStats()
+        self.on_batch: Any = None  # progress hook: called with the pairs of each finished batch (ettin score's bar)
 
     def describe(self) -> dict[str, Any]:
         """Identity of this teacher for manifests (what produced the labels)."""
@@ -489,6 +490,8 @@ class MxbaiV2Teacher(_BaseTeacher):
                                 packed=self.packed):
             out[idx] = self._run_split([seqs[i] for i in idx], self._forward)
             self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(idx))
         self.stats.pairs += len(seqs)
         self.stats.truncated_queries += int(trunc_q.sum())
         self.stats.truncated_documents += int(trunc_d.sum())
@@ -567,6 +570,8 @@ class CrossEncoderTeacher(_BaseTeacher):
             self.stats.tokens += int(lengths[idx].sum())
             self.stats.padding_tokens += len(idx) * width - int(lengths[idx].sum())
             self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(idx))
         if enc.encodings is not None:
             # longest_first cuts the longer side first: when the kept query is at least as long as the kept
             # document, the query was cut (too); otherwise only the document was.

@@ -133,7 +133,7 @@ def rerank(score_fn: ScoreFn, dataset: BeirDataset, candidates: SearchResults, t
                 raise EttinError(f"{description}: the model returned NaN or infinite scores on {dataset.name}")
             for (qid, did), score in zip(keys[start:stop], scores.tolist(), strict=True):
                 run[qid][did] = score
-            bar.advance(stop - start)
+            bar.advance_to(stop)  # a scorer may already have advanced it batch by batch (`advance_active`)
     return run
 
 
@@ -484,6 +484,8 @@ def compare_models(
         scorer = load_teacher(path, fmt, device=device, dtype=dtype, attn=attn, max_length=max_length)
 
         def score_fn(queries: list[str], documents: list[str], _scorer: Any = scorer) -> Any:
+            if hasattr(_scorer, "on_batch"):  # move the evaluation's bar per batch, not per chunk
+                _scorer.on_batch = console.advance_active
             return _scorer.score(queries, documents, batch_size=batch_size)
 
         runs = {}
