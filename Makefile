@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 	push-all push-data eval bench
 
 # ---------------------------------------------------------------------------------------------------------
-# The production chain (GPU box or cluster). Every step writes DIR/_ettin/manifest.json when complete; make targets are
+# The production chain (GPU box or cluster). Every step writes DIR/.ettin/manifest.json when complete; make targets are
 # those manifests, so a rerun redoes only what is missing, and `ettin` itself skips finished shards of an
 # interrupted step. `make -n train SIZE=1b` shows the exact commands.
 #   NPROC=8            processes per node (torchrun); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several nodes
@@ -52,12 +52,12 @@ RUN := $(VENV)/bin/torchrun --nproc_per_node $(NPROC) --nnodes $(NNODES) --node_
 endif
 # Subsets present after `make mix` / `make mine`, and what training reads: the scored pre-training subsets and
 # the selected retrieval subsets.
-MIXED = $(filter-out validation,$(notdir $(patsubst %/_ettin/manifest.json,%,$(wildcard $(WORK)/mix/*/_ettin/manifest.json))))
-MINED = $(notdir $(patsubst %/_ettin/manifest.json,%,$(wildcard $(WORK)/mined/*/_ettin/manifest.json)))
+MIXED = $(filter-out validation,$(notdir $(patsubst %/.ettin/manifest.json,%,$(wildcard $(WORK)/mix/*/.ettin/manifest.json))))
+MINED = $(notdir $(patsubst %/.ettin/manifest.json,%,$(wildcard $(WORK)/mined/*/.ettin/manifest.json)))
 TRAIN_DATA = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),--data $(WORK)/scored/$(s)) \
 	$(foreach s,$(MINED),--data $(WORK)/selected/$(s))
-TRAIN_DEPS = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(WORK)/scored/$(s)/_ettin/manifest.json) \
-	$(foreach s,$(MINED),$(WORK)/selected/$(s)/_ettin/manifest.json)
+TRAIN_DEPS = $(foreach s,$(filter-out $(RETRIEVAL_SUBSETS),$(MIXED)),$(WORK)/scored/$(s)/.ettin/manifest.json) \
+	$(foreach s,$(MINED),$(WORK)/selected/$(s)/.ettin/manifest.json)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -104,27 +104,27 @@ comma := ,
 
 mix: $(WORK)/mix/summary.json ## 1. the pre-training subsets and the validation rows (recipes/data.yaml)
 
-$(WORK)/mined/%/_ettin/manifest.json: | $(STAMP)
+$(WORK)/mined/%/.ettin/manifest.json: | $(STAMP)
 	@test -n "$(CORPUS)" || { echo "error: set CORPUS=<BEIR folder or table> for subset $*" >&2; exit 2; }
 	$(RUN) mine --corpus $(CORPUS) --output $(WORK)/mined/$* $(MINE_ARGS)
 
-mine: need-SUBSET $(WORK)/mined/$(SUBSET)/_ettin/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
+mine: need-SUBSET $(WORK)/mined/$(SUBSET)/.ettin/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
 
 .SECONDEXPANSION:
-SCORE_INPUT = $(if $(wildcard $(WORK)/mined/$*/_ettin/manifest.json),$(WORK)/mined/$*,$(WORK)/mix/$*)
-$(WORK)/scored/%/_ettin/manifest.json: $$(SCORE_INPUT)/_ettin/manifest.json | $(STAMP)
+SCORE_INPUT = $(if $(wildcard $(WORK)/mined/$*/.ettin/manifest.json),$(WORK)/mined/$*,$(WORK)/mix/$*)
+$(WORK)/scored/%/.ettin/manifest.json: $$(SCORE_INPUT)/.ettin/manifest.json | $(STAMP)
 	$(RUN) score $(SCORE_INPUT) --teacher $(TEACHER) --output $(WORK)/scored/$* $(SCORE_ARGS)
 
-score: need-SUBSET $(WORK)/scored/$(SUBSET)/_ettin/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
+score: need-SUBSET $(WORK)/scored/$(SUBSET)/.ettin/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
 
-score-all: $(foreach s,$(MIXED) validation $(MINED),$(WORK)/scored/$(s)/_ettin/manifest.json) ## 2. every mixed and mined subset
+score-all: $(foreach s,$(MIXED) validation $(MINED),$(WORK)/scored/$(s)/.ettin/manifest.json) ## 2. every mixed and mined subset
 
-$(WORK)/selected/%/_ettin/manifest.json: $(WORK)/scored/%/_ettin/manifest.json | $(STAMP)
+$(WORK)/selected/%/.ettin/manifest.json: $(WORK)/scored/%/.ettin/manifest.json | $(STAMP)
 	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*
 
-select: need-SUBSET $(WORK)/selected/$(SUBSET)/_ettin/manifest.json ## 3. 256 then 64 per query for a mined subset: SUBSET=nq
+select: need-SUBSET $(WORK)/selected/$(SUBSET)/.ettin/manifest.json ## 3. 256 then 64 per query for a mined subset: SUBSET=nq
 
-select-all: $(foreach s,$(MINED),$(WORK)/selected/$(s)/_ettin/manifest.json) ## 3. every mined subset
+select-all: $(foreach s,$(MINED),$(WORK)/selected/$(s)/.ettin/manifest.json) ## 3. every mined subset
 
 $(RUNS)/%/final/ettin_training.json: $(TRAIN_DEPS) | $(STAMP)
 	$(RUN) train --size $* $(TRAIN_DATA) --validation-data $(WORK)/scored/validation \

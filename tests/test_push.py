@@ -335,10 +335,10 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     files = stand_in.file_records(repo, "dataset")
     expected = {".gitattributes", "README.md"}
     for folder in score_dirs:
-        manifest = json.loads((folder / "_ettin" / "manifest.json").read_text())
+        manifest = json.loads((folder / ".ettin" / "manifest.json").read_text())
         expected |= {f"data/{folder.name}/{s['file']}" for s in manifest["shards"]}
         expected.add(f"data/{folder.name}/manifest.json")
-        assert files[f"data/{folder.name}/manifest.json"].content == (folder / "_ettin" / "manifest.json").read_bytes()
+        assert files[f"data/{folder.name}/manifest.json"].content == (folder / ".ettin" / "manifest.json").read_bytes()
         for shard in manifest["shards"]:
             record = files[f"data/{folder.name}/{shard['file']}"]
             assert record.lfs and record.sha256 == shard["sha256"]
@@ -350,7 +350,7 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     assert meta["configs"] == [{"config_name": d.name, "data_files": [{"split": "train",
                                                                         "path": f"data/{d.name}/*.parquet"}]}
                                for d in score_dirs]
-    teachers = {json.loads((d / "_ettin" / "manifest.json").read_text())["teacher"] for d in score_dirs}
+    teachers = {json.loads((d / ".ettin" / "manifest.json").read_text())["teacher"] for d in score_dirs}
     assert len(teachers) == 1 and f"`{teachers.pop()}`" in card
     for folder in score_dirs:
         rows = sum(pq.read_metadata(p).num_rows for p in folder.glob("part-*.parquet"))
@@ -384,7 +384,7 @@ def test_dataset_dry_run_lists_every_file_and_contacts_nothing(score_dirs, stand
     sizes, n_files, total, card = parse_dry_run(result.stdout)
     expected = {}
     for name, folder in (("judged", score_dirs[0]), (score_dirs[1].name, score_dirs[1])):
-        for path in sorted(folder.glob("part-*.parquet")) + [folder / "_ettin" / "manifest.json"]:
+        for path in sorted(folder.glob("part-*.parquet")) + [folder / ".ettin" / "manifest.json"]:
             expected[f"data/{name}/{path.name}"] = path.stat().st_size
     expected["README.md"] = len(card.encode())
     assert sizes == expected
@@ -420,9 +420,9 @@ def test_validation_failures_upload_nothing(case, score_dirs, tampered, stand_in
         args = [str(tampered), "--repo-type", "dataset", "--repo-id", f"{ORG}/d"]
         needles = [str(tampered / "part-00001.parquet"), "does not match"]
     elif case == "no-manifest":
-        (tampered / "_ettin" / "manifest.json").unlink()
+        (tampered / ".ettin" / "manifest.json").unlink()
         args = [str(tampered), "--repo-type", "dataset", "--repo-id", f"{ORG}/d"]
-        needles = [str(tampered / "_ettin" / "manifest.json"), "not found"]
+        needles = [str(tampered / ".ettin" / "manifest.json"), "not found"]
     elif case == "duplicate-config":
         args = [*data, f"{score_dirs[0].name}={score_dirs[1]}", "--repo-id", f"{ORG}/d"]
         needles = [f"config name '{score_dirs[0].name}' is already used"]

@@ -80,7 +80,7 @@ def test_score_writes_shards_with_all_columns_and_a_manifest(cranfield_pairs, cr
     expected = teacher.score([r["query"] for r in cranfield_pairs], [r["document"] for r in cranfield_pairs])
     np.testing.assert_allclose(table.column("score").to_numpy(), expected, atol=2e-5, rtol=1e-4)
 
-    manifest = json.loads((out / "_ettin" / "manifest.json").read_text())
+    manifest = json.loads((out / ".ettin" / "manifest.json").read_text())
     from ettin_cli import __version__
     from ettin_cli.core.files import local_model_identity, sha256_file
 
@@ -127,7 +127,7 @@ def test_rerun_skips_finished_shards_and_verify_redoes_a_damaged_one(reference, 
     assert redo.shards_scored == [3]
 
     def shards_of(directory):
-        manifest = json.loads((directory / "_ettin" / "manifest.json").read_text())
+        manifest = json.loads((directory / ".ettin" / "manifest.json").read_text())
         return [(s["file"], s["rows"], s["sha256"]) for s in manifest["shards"]]
 
     assert shards_of(out) == shards_of(reference)  # redone shard 3 is byte-identical to the original
@@ -144,7 +144,7 @@ def test_kill_9_mid_shard_then_rerun_gives_every_row_once(reference, cranfield_p
     killed_in = None
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        finished = {int(p.name[5:10]) for p in (out / "_ettin").glob("part-*.parquet.done.json")}
+        finished = {int(p.name[5:10]) for p in (out / ".ettin").glob("part-*.parquet.done.json")}
         started = {int(p.name[6:11]) for p in out.glob(".part-*.parquet.*.tmp")}
         in_progress = sorted(started - finished)
         if finished and in_progress:
@@ -157,9 +157,9 @@ def test_kill_9_mid_shard_then_rerun_gives_every_row_once(reference, cranfield_p
     assert killed_in is not None, "the run finished before it could be killed: " + (tmp_path / "first.log").read_text()
     assert proc.returncode == -signal.SIGKILL
     # killed in the middle of this shard
-    assert not (out / "_ettin" / f"part-{killed_in:05d}.parquet.done.json").exists()
-    assert not (out / "_ettin" / "manifest.json").exists()
-    survivors = {p.name: p.read_text() for p in (out / "_ettin").glob("part-*.parquet.done.json")}
+    assert not (out / ".ettin" / f"part-{killed_in:05d}.parquet.done.json").exists()
+    assert not (out / ".ettin" / "manifest.json").exists()
+    survivors = {p.name: p.read_text() for p in (out / ".ettin").glob("part-*.parquet.done.json")}
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -180,8 +180,8 @@ def test_two_torchrun_processes_equal_one_process(reference, cranfield_pairs_par
                                                 "--rows-per-shard", "20", "--device", "cpu")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = json.loads((out / "_ettin" / "manifest.json").read_text())
-    ref = json.loads((reference / "_ettin" / "manifest.json").read_text())
+    ours = json.loads((out / ".ettin" / "manifest.json").read_text())
+    ref = json.loads((reference / ".ettin" / "manifest.json").read_text())
     assert [(s["file"], s["rows"], s["sha256"]) for s in ours["shards"]] == \
         [(s["file"], s["rows"], s["sha256"]) for s in ref["shards"]]  # byte-identical shards
     assert ours["totals"] == ref["totals"]
@@ -201,7 +201,7 @@ def test_job_array_shards_split_the_work(reference, cranfield_pairs_parquet, tin
     assert results[0].manifest is None  # worker 1 alone: the manifest waits for worker 0's shards
     assert results[0].shards_scored == [1, 3, 5, 7] and results[1].shards_scored == [0, 2, 4, 6]
     assert results[1].manifest is not None
-    ref = json.loads((reference / "_ettin" / "manifest.json").read_text())
+    ref = json.loads((reference / ".ettin" / "manifest.json").read_text())
     assert [s["sha256"] for s in results[1].manifest["shards"]] == [s["sha256"] for s in ref["shards"]]
     with pytest.raises(EttinError, match="--shard-index must be in"):
         run_score(ScoreJob(input=str(cranfield_pairs_parquet), output=out, teacher=str(tiny_qwen2_teacher_path),
@@ -239,21 +239,21 @@ def test_rerun_with_a_different_teacher_setting_is_refused(cranfield_pairs_parqu
     out = tmp_path / "scored"
     base = score_args(cranfield_pairs_parquet, tiny_qwen2_teacher_path, out, "--limit", "10")
     assert run_cli(base, capsys)[0] == 0
-    manifest = (out / "_ettin" / "manifest.json").read_text()
+    manifest = (out / ".ettin" / "manifest.json").read_text()
     args = base.copy()
     args[args.index("--max-length") + 1] = "300"
     code, _, err = run_cli(args, capsys)
     assert code == 2
     line = error_line(err)
     assert "holds a different run (max_length: 256 -> 300)" in line and "--overwrite" in line
-    assert (out / "_ettin" / "manifest.json").read_text() == manifest  # untouched
+    assert (out / ".ettin" / "manifest.json").read_text() == manifest  # untouched
     other = ["score", str(cranfield_pairs_parquet), "--teacher", str(minilm_path), "--output", str(out), "--limit",
              "10"]
     code, _, err = run_cli(other, capsys)
     assert code == 2 and "holds a different run" in error_line(err)
     code, _, err = run_cli([*other, "--overwrite"], capsys)
     assert code == 0, err
-    new = json.loads((out / "_ettin" / "manifest.json").read_text())
+    new = json.loads((out / ".ettin" / "manifest.json").read_text())
     assert new["format"] == "bi-encoder" and new["totals"]["rows"] == 10
     scores = read_output(out).column("score").to_numpy()
     assert np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosine similarities now
@@ -278,7 +278,7 @@ def test_skip_invalid_and_empty_strings(tmp_path, tiny_qwen2_teacher_path, capsy
     table = read_output(out)
     assert table.column("n").to_pylist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
     assert np.isfinite(table.column("score").to_numpy()).all()
-    totals = json.loads((out / "_ettin" / "manifest.json").read_text())["totals"]
+    totals = json.loads((out / ".ettin" / "manifest.json").read_text())["totals"]
     assert totals["skipped_invalid"] == 2 and totals["first_skipped_rows"] == [2, 7]
     assert totals["input_rows"] == 12 and totals["rows"] == 10
 
@@ -349,4 +349,4 @@ def test_shards_contract(tmp_path):
         shards.prepare_output(out, {"step": "demo", "k": 2})
     shards.prepare_output(out, {"step": "demo", "k": 2}, overwrite=True)
     assert shards.completed_shards(out) == {}  # the old run's records no longer count
-    assert not (out / "_ettin" / "manifest.json").exists()
+    assert not (out / ".ettin" / "manifest.json").exists()

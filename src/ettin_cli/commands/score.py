@@ -33,7 +33,7 @@ def score(
                                 "dataset id."),
     teacher: str = typer.Option(..., "--teacher", help="Teacher model: Hub id or local folder."),
     output: Path = typer.Option(..., "--output", "-o", help="Output directory for part-*.parquet (bookkeeping "
-                                "and manifest.json in its _ettin/ folder)."),
+                                "and manifest.json in its .ettin/ folder)."),
     teacher_format: str = typer.Option("auto", "--teacher-format",
                                        help="auto | mxbai-v2 | cross-encoder | bi-encoder (auto reads the "
                                        "model's config and says what it picked)."),

@@ -1,22 +1,22 @@
-"""The one sharded-folder API: `DIR/part-00000.parquet`, ... plus bookkeeping in `DIR/_ettin/`.
+"""The one sharded-folder API: `DIR/part-00000.parquet`, ... plus bookkeeping in `DIR/.ettin/`.
 
 Used by every sharded step (score, mine, select, mix) and by every reader of their outputs (tables, select, mix,
 train, push). The design needs no coordination between ranks (the datatrove way):
 
 - Each shard is written to a temporary name and renamed into place, then a completion record
-  `_ettin/part-00000.parquet.done.json` (rows, bytes, sha256, the step's config hash, anything the step adds)
+  `.ettin/part-00000.parquet.done.json` (rows, bytes, sha256, the step's config hash, anything the step adds)
   is written, also atomically. A shard without a valid record is unfinished and gets redone; a kill -9 at any
   moment leaves either no final file, or a final file without a record, or both: never a half-written shard
   that looks finished. A rank skips every shard it owns whose record exists.
-- `_ettin/run.json` holds the step's config; a rerun with a different config is refused with the keys that
+- `.ettin/run.json` holds the step's config; a rerun with a different config is refused with the keys that
   differ (or, with overwrite, records of the old config are ignored and their shards redone).
-- `_ettin/manifest.json` is assembled from the completion records once every expected shard has one.
+- `.ettin/manifest.json` is assembled from the completion records once every expected shard has one.
   Whichever rank finishes last (or any rerun) writes it; writers produce the same content and the write is an
   atomic rename, so two ranks finalising at once cannot corrupt it.
 
-The JSON sidecars live in `_ettin/` because Arrow's dataset discovery skips `_`- and `.`-prefixed names: a
-finished folder opens as plain parquet with `pd.read_parquet(DIR)` or
-`datasets.load_dataset("parquet", data_dir=DIR)`.
+The JSON sidecars live in the hidden `.ettin/` because every parquet reader skips hidden names (Arrow's dataset
+discovery skips `.` and `_` prefixes, `datasets` skips hidden files and folders): a finished folder opens as
+plain parquet with `pd.read_parquet(DIR)` or `datasets.load_dataset("parquet", data_dir=DIR)`.
 
 Checking a finished shard costs a `stat`: its record and its size. A full SHA-256 pass over the bytes runs only
 where it is worth its cost (`ettin push`, or `--verify` / `ETTIN_VERIFY=1`), since hashing 100 GB of shards on
@@ -40,7 +40,7 @@ from ettin_cli import __version__
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import atomic_path, sha256_file, write_json_atomic
 
-META_DIR = "_ettin"
+META_DIR = ".ettin"
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 DONE_SUFFIX = ".done.json"
@@ -67,12 +67,12 @@ def verify_requested(verify: bool | None = None) -> bool:
 
 
 def meta_dir(directory: PathLike) -> Path:
-    """`DIR/_ettin`: where a sharded folder keeps its run record, completion records and manifest."""
+    """`DIR/.ettin`: where a sharded folder keeps its run record, completion records and manifest."""
     return Path(directory) / META_DIR
 
 
 def sidecar_path(directory: PathLike, name: str) -> Path:
-    """Where a step keeps its own JSON next to the shards (e.g. score's input check): `DIR/_ettin/NAME`."""
+    """Where a step keeps its own JSON next to the shards (e.g. score's input check): `DIR/.ettin/NAME`."""
     return meta_dir(directory) / name
 
 
@@ -191,7 +191,7 @@ class ShardedFolder:
         existing = _read_json(run_file) if run_file.exists() else None
         if existing is not None and existing.get("config_sha256") != digest:
             what = describe_difference(existing.get("config", {}), config)
-            raise EttinError(f"--output {root}: holds a run with other settings ({what}); use another directory "
+            raise EttinError(f"--output {root}: holds a different run ({what}); use another directory "
                              "or --overwrite")
         if existing is None and run_file.exists():
             raise EttinError(f"{run_file}: unreadable run record; use --overwrite to start afresh")
@@ -272,7 +272,7 @@ class ShardedFolder:
 
     # ---------------------------------------------------------------------------------------- resuming
     def completed(self, verify: bool | None = None, indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
-        """Completion records of finished shards of the current run (`_ettin/run.json`), by index.
+        """Completion records of finished shards of the current run (`.ettin/run.json`), by index.
 
         A record counts when it belongs to the current config and its shard file exists with the recorded size;
         with `verify` (or ETTIN_VERIFY=1) its SHA-256 must match too (an altered shard is then redone).
@@ -319,7 +319,7 @@ class ShardedFolder:
     def finalize(self, expected: int,
                  extra: dict[str, Any] | Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
                  ) -> dict[str, Any] | None:
-        """Write `_ettin/manifest.json` if all `expected` shards have records; return it, or None if some are
+        """Write `.ettin/manifest.json` if all `expected` shards have records; return it, or None if some are
         missing.
 
         Shards are checked by size here (each was hashed when written). `extra` (a dict, or a function of the

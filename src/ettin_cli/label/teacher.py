@@ -36,6 +36,7 @@ import numpy as np
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.memory import is_oom, release_device_memory
 
 FORMATS = ("mxbai-v2", "cross-encoder", "bi-encoder")
 
@@ -272,25 +273,6 @@ def _check_texts(queries: Sequence[Any], documents: Sequence[Any]) -> None:
                 raise EttinError(f"pair {i}: the {what} is {type(text).__name__}, not text")
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    message = str(exc).lower()
-    return "out of memory" in message or "can't allocate memory" in message
-
-
-def _release_device_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class _BaseTeacher:
     """Shared bookkeeping: identity, stats, and the OOM-splitting batch runner."""
 
@@ -323,11 +305,11 @@ class _BaseTeacher:
         try:
             return forward(items)
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
         # Out of memory. Splitting happens here, outside the `except` block, so the failed batch's tensors
         # (held by the traceback's frames) are already released before the halves run.
-        _release_device_memory()
+        release_device_memory()
         if len(items) == 1:
             raise EttinError(f"out of memory on a single pair even after splitting its batch; lower "
                              f"--max-length (now {self.max_length}) or use a device with more memory")

@@ -27,6 +27,7 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.memory import release_device_memory
 from ettin_cli.io.beir import BeirDataset, load_beir
 from ettin_cli.measure.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
 
@@ -393,16 +394,6 @@ def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
         raise EttinError(f"MODEL {model}: {reason}") from None
 
 
-def _release_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
     """One score format per model from `--format` given once (for all models) or once per model, in order."""
     from ettin_cli.label.teacher import FORMATS
@@ -494,7 +485,7 @@ def compare_models(
                         "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length, **result})
         all_runs[label] = runs
         del scorer, score_fn
-        _release_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
+        release_device_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
     if reference is not None:
         ref_label = labels[reference - 1]
         for entry in entries[1:]:

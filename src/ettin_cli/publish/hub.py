@@ -470,7 +470,7 @@ def render_dataset_card(repo_id: str, configs: list[ScoreDir], license: str = DE
     lines += ["", "## Usage", "", "```python", "from datasets import load_dataset", "",
               f'pairs = load_dataset("{repo_id}", "{first}", split="train")', "```", "",
               "## Provenance", "",
-              "Each subset's `data/<subset>/_ettin/manifest.json` is the manifest `ettin score` wrote for it: the "
+              "Each subset's `data/<subset>/.ettin/manifest.json` is the manifest `ettin score` wrote for it: the "
               "shards with their row counts and SHA-256 checksums, checked against the files before this upload.",
               "", "## License", "", f"{license}", ""]
     return "\n".join(lines)
@@ -500,7 +500,7 @@ def plan_dataset_push(data_dirs: list[str | Path], repo_id: str, *, license: str
     for c in configs:
         for shard, size in zip(c.shards, c.sizes, strict=True):
             files.append(PlannedFile(f"data/{c.config}/{shard.name}", size, source=shard))
-        # `_ettin/` as in the local folder: parquet readers skip it, so a downloaded subset opens as plain parquet.
+        # `.ettin/` as in the local folder: parquet readers skip it, so a downloaded subset opens as plain parquet.
         manifest = sharding.manifest_path(c.path)
         files.append(PlannedFile(f"data/{c.config}/{sharding.META_DIR}/{sharding.MANIFEST_FILE}",
                                  manifest.stat().st_size, source=manifest))
