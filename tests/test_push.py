@@ -337,8 +337,9 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     for folder in score_dirs:
         manifest = json.loads((folder / ".ettin" / "manifest.json").read_text())
         expected |= {f"data/{folder.name}/{s['file']}" for s in manifest["shards"]}
-        expected.add(f"data/{folder.name}/manifest.json")
-        assert files[f"data/{folder.name}/manifest.json"].content == (folder / ".ettin" / "manifest.json").read_bytes()
+        expected.add(f"data/{folder.name}/.ettin/manifest.json")
+        sent = files[f"data/{folder.name}/.ettin/manifest.json"].content
+        assert sent == (folder / ".ettin" / "manifest.json").read_bytes()
         for shard in manifest["shards"]:
             record = files[f"data/{folder.name}/{shard['file']}"]
             assert record.lfs and record.sha256 == shard["sha256"]
@@ -385,7 +386,7 @@ def test_dataset_dry_run_lists_every_file_and_contacts_nothing(score_dirs, stand
     expected = {}
     for name, folder in (("judged", score_dirs[0]), (score_dirs[1].name, score_dirs[1])):
         for path in sorted(folder.glob("part-*.parquet")) + [folder / ".ettin" / "manifest.json"]:
-            expected[f"data/{name}/{path.name}"] = path.stat().st_size
+            expected[f"data/{name}/{path.relative_to(folder).as_posix()}"] = path.stat().st_size
     expected["README.md"] = len(card.encode())
     assert sizes == expected
     assert n_files == len(expected) and total == sum(expected.values())
@@ -457,7 +458,7 @@ def test_score_dir_checks(score_dirs, tmp_path):
 
     from ettin_cli.io import shards
 
-    manifest = json.loads((score_dirs[0] / "manifest.json").read_text())
+    manifest = json.loads((score_dirs[0] / ".ettin" / "manifest.json").read_text())
     checked = hub.verify_score_dir(score_dirs[0])
     assert checked.config == score_dirs[0].name and len(checked.shards) == 3
     assert checked.teacher == manifest["teacher"] and checked.rows == manifest["totals"]["rows"]

@@ -108,14 +108,13 @@ def resolve_model_path(model: str, revision: str | None = None) -> tuple[Path, s
     A Hub id is fetched with `huggingface_hub.snapshot_download` (cached; weights in safetensors only), so the
     manifest can record the exact revision that produced the labels.
     """
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
+    from ettin_cli.core.sources import resolve_source
+
+    source = resolve_source(model, option="--teacher", offline_hint="--teacher DIR (a local model folder)")
+    if source.path is not None:
+        if not source.path.is_dir():
             raise EttinError(f"--teacher {model}: is a file; expected a model folder or a Hub id")
-        return path, None
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise EttinError(f"--teacher {model}: no such folder (and not a Hugging Face Hub id like org/name)")
+        return source.path, None
     from huggingface_hub import HfApi, snapshot_download
 
     ignore = list(_HUB_IGNORE)

@@ -13,7 +13,6 @@ Both return `dict[query_id, list[(doc_id, score)]]`, best first, ties broken by 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,13 +169,12 @@ def load_bi_encoder(model: Any, device: str | None = None) -> Any:
 
     if isinstance(model, SentenceTransformer):
         return model
+    from ettin_cli.core.sources import resolve_source
+
     name = str(model)
-    if os.path.isfile(name):
+    source = resolve_source(name, option="--retriever", offline_hint="--retriever DIR (a local model folder)")
+    if source.path is not None and not source.path.is_dir():
         raise EttinError(f"retriever '{name}': a file, not a model folder")
-    if not os.path.isdir(name) and name.startswith((".", "/", "~")):
-        raise EttinError(f"retriever '{name}': model folder not found")
-    if not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise EttinError(f"retriever '{name}': not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1)")
     try:
         return SentenceTransformer(name, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is a user-fixable bad model name/path
