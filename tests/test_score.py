@@ -164,7 +164,7 @@ def test_kill_9_mid_shard_then_rerun_gives_every_row_once(reference, cranfield_p
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     for name, text in survivors.items():
-        assert (out / name).read_text() == text  # finished shards were verified and skipped, not redone
+        assert (out / ".ettin" / name).read_text() == text  # finished shards were checked and skipped, not redone
     assert not list(out.glob(".*.tmp"))  # the killed writer's temp file is gone
     table = read_output(out)
     assert table.drop_columns(["score"]).to_pylist() == cranfield_pairs  # every row exactly once, in order
@@ -301,7 +301,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "undecodable text": ([str(undecodable)], r"undecodable\.jsonl: row 1, column 'query': undecodable text"),
         "corrupt file": ([str(corrupt)], r"corrupt\.parquet: not a readable parquet file"),
         "missing input": ([str(tmp_path / "nope.parquet")], r"nope\.parquet: no such file or folder"),
-        "unknown teacher": ([str(ok), "--teacher", str(tmp_path / "no-teacher")], r"no-teacher: no such folder"),
+        "unknown teacher": ([str(ok), "--teacher", str(tmp_path / "no-teacher")], r"no-teacher: no such file"),
         "output is a file": ([str(ok), "--output", str(a_file)], r"--output .*a_file: is a file, not a directory"),
         "bad format": ([str(ok), "--teacher-format", "colbert"], r"--teacher-format must be"),
         "bad shard size": ([str(ok), "--rows-per-shard", "0"], r"--rows-per-shard must be >= 1"),
@@ -333,7 +333,7 @@ def test_shards_contract(tmp_path):
     record = shards.write_shard(out, 0, table, {"input_rows": [0, 3]})
     assert record["rows"] == 3 and record["config_sha256"] == digest and record["input_rows"] == [0, 3]
     assert shards.finalize_manifest(out, 2) is None  # shard 1 missing: no manifest yet
-    with pytest.raises(EttinError, match="incomplete"):
+    with pytest.raises(EttinError, match="unfinished"):
         shards.shard_paths(out)
     shards.write_shard(out, 1, pa.table({"x": [4]}))
     shards.write_shard(out, 2, pa.table({"x": [5]}))  # left over from a larger earlier run
@@ -342,8 +342,14 @@ def test_shards_contract(tmp_path):
     assert not (out / "part-00002.parquet").exists()
     assert [p.name for p in shards.shard_paths(out)] == ["part-00000.parquet", "part-00001.parquet"]
     (out / "part-00001.parquet").write_bytes(b"x" * (out / "part-00001.parquet").stat().st_size)
-    assert set(shards.completed_shards(out)) == {0}  # the altered shard no longer counts as finished
-    with pytest.raises(EttinError, match="checksum"):
+    assert set(shards.completed_shards(out)) == {0, 1}  # same size: a resume trusts record + size ...
+    assert set(shards.completed_shards(out, verify=True)) == {0}  # ... --verify hashes and redoes it
+    assert len(shards.shard_paths(out)) == 2
+    with pytest.raises(EttinError, match="does not match"):
+        shards.shard_paths(out, verify=True)
+    (out / "part-00001.parquet").write_bytes(b"x")  # another size: caught without hashing
+    assert set(shards.completed_shards(out)) == {0}
+    with pytest.raises(EttinError, match="bytes"):
         shards.shard_paths(out)
     with pytest.raises(EttinError, match=r"holds a different run \(k: 1 -> 2\)"):
         shards.prepare_output(out, {"step": "demo", "k": 2})

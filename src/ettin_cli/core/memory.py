@@ -12,7 +12,7 @@ from __future__ import annotations
 def is_oom(exc: BaseException) -> bool:
     """True when `exc` means the batch did not fit in device (or host) memory: worth a smaller retry."""
     import torch
-    from accelerate.utils import should_reduce_batch_size
+    from accelerate.utils.memory import should_reduce_batch_size
 
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
@@ -24,6 +24,6 @@ def is_oom(exc: BaseException) -> bool:
 
 def release_device_memory(*objects: object) -> None:
     """Drop references the caller passes, collect garbage and empty the accelerator's cache."""
-    from accelerate.utils import release_memory
+    from accelerate.utils.memory import release_memory
 
     release_memory(*objects)
