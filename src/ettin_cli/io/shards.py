@@ -66,6 +66,12 @@ def verify_requested(verify: bool | None = None) -> bool:
     return os.environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def request_verify(verify: bool) -> None:
+    """`--verify` on a command: every shard check in this process hashes the bytes (as ETTIN_VERIFY=1 does)."""
+    if verify:
+        os.environ[VERIFY_ENV] = "1"
+
+
 def meta_dir(directory: PathLike) -> Path:
     """`DIR/.ettin`: where a sharded folder keeps its run record, completion records and manifest."""
     return Path(directory) / META_DIR
