@@ -270,6 +270,31 @@ def test_the_score_bar_moves_per_batch(tmp_path, monkeypatch):
     assert steps == [4, 4, 4, 4, 4]  # five batches in one 20-pair window, not one step of 20
 
 
+def test_the_evaluation_bar_moves_per_batch(monkeypatch):
+    """#17.5: a scorer's per-batch hook (`console.advance_active`) moves the bar inside one scoring chunk."""
+    from ettin_cli.core import console
+    from ettin_cli.io.beir import BeirDataset
+    from ettin_cli.measure import evaluation
+
+    steps: list[int] = []
+    real = console._Bar.advance
+
+    def record(self, n=1):
+        steps.append(n)
+        real(self, n)
+
+    monkeypatch.setattr(console._Bar, "advance", record)
+    dataset = BeirDataset("t", corpus={f"d{i}": "x" for i in range(10)}, queries={"q": "y"}, qrels={"q": {"d0": 1}})
+
+    def score_fn(queries, documents):
+        for _ in range(0, len(queries), 2):
+            console.advance_active(2)
+        return np.zeros(len(queries))
+
+    evaluation.rerank(score_fn, dataset, {"q": [(f"d{i}", 0.0) for i in range(10)]}, top_k=10)
+    assert steps == [2, 2, 2, 2, 2]
+
+
 # ------------------------------------------------------------------------------------------ the CLI
 def _run_cli(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "160"}

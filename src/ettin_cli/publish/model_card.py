@@ -74,9 +74,16 @@ def _front_matter(info: dict[str, Any]) -> str:
     base = hub_id_of(info.get("base_model"))
     datasets = [d.get("source") for d in info.get("data") or [] if isinstance(d, dict)]
     datasets = [d for d in datasets if d and is_hub_id(d) and not d.endswith((".parquet", ".jsonl", ".json"))]
+    import yaml
+
     meta = ModelCardData(license=LICENSE, language=["en"], library_name="sentence-transformers",
                          pipeline_tag="text-ranking", tags=tags, base_model=base, datasets=datasets or None)
-    return "---\n" + meta.to_yaml() + "\n---\n"
+    fields = meta.to_dict()
+    # The Hub's field names and validation, in the order a reader expects (license first).
+    order = ["license", "language", "library_name", "pipeline_tag", "tags", "base_model", "datasets"]
+    ordered = {k: fields[k] for k in order if fields.get(k) is not None}
+    ordered.update({k: v for k, v in fields.items() if k not in ordered and v is not None})
+    return "---\n" + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def hub_id_of(name: str | None) -> str | None:
