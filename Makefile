@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 	push push-all push-data eval bench
 
 # ---------------------------------------------------------------------------------------------------------
-# The production chain (GPU box or cluster). Every step writes a manifest.json when complete; make targets are
+# The production chain (GPU box or cluster). Every step writes DIR/.ettin/manifest.json when complete; make targets are
 # those manifests, so a rerun redoes only what is missing, and `ettin` itself skips finished shards of an
 # interrupted step. `make -n train SIZE=1b` shows the exact commands.
 #   NPROC=8            processes per node (torchrun); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several nodes
@@ -58,13 +58,13 @@ RUN := $(VENV)/bin/torchrun --nproc_per_node $(NPROC) --nnodes $(NNODES) --node_
 endif
 # Subsets present after `make mix` / `make mine`, and what training reads: the scored pre-training subsets and
 # the selected retrieval subsets (the 7 rerank_* ones always, plus any corpus mined with `make mine`).
-MIXED = $(filter-out validation,$(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mix/*/manifest.json))))
-MINED = $(notdir $(patsubst %/manifest.json,%,$(wildcard $(WORK)/mined/*/manifest.json)))
+MIXED = $(filter-out validation,$(notdir $(patsubst %/.ettin/manifest.json,%,$(wildcard $(WORK)/mix/*/.ettin/manifest.json))))
+MINED = $(notdir $(patsubst %/.ettin/manifest.json,%,$(wildcard $(WORK)/mined/*/.ettin/manifest.json)))
 SELECTED = $(sort $(RETRIEVAL_SUBSETS) $(MINED))
 PRETRAINING = $(filter-out $(SELECTED),$(MIXED))
 TRAIN_DATA = $(foreach s,$(PRETRAINING),--data $(WORK)/scored/$(s)) $(foreach s,$(SELECTED),--data $(WORK)/selected/$(s))
-TRAIN_DEPS = $(foreach s,$(PRETRAINING),$(WORK)/scored/$(s)/manifest.json) \
-	$(foreach s,$(SELECTED),$(WORK)/selected/$(s)/manifest.json)
+TRAIN_DEPS = $(foreach s,$(PRETRAINING),$(WORK)/scored/$(s)/.ettin/manifest.json) \
+	$(foreach s,$(SELECTED),$(WORK)/selected/$(s)/.ettin/manifest.json)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -118,35 +118,35 @@ comma := ,
 
 mix: $(WORK)/mix/summary.json ## 1. the pre-training subsets and the validation rows (recipes/data.yaml)
 
-$(WORK)/mined/%/manifest.json: | $(STAMP)
+$(WORK)/mined/%/.ettin/manifest.json: | $(STAMP)
 	@test -n "$(CORPUS)" || { echo "error: set CORPUS=<BEIR folder or table> for subset $*" >&2; exit 2; }
 	$(RUN) mine --corpus $(CORPUS) --output $(WORK)/mined/$* $(MINE_ARGS)
 
-mine: need-SUBSET $(WORK)/mined/$(SUBSET)/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
+mine: need-SUBSET $(WORK)/mined/$(SUBSET)/.ettin/manifest.json ## 1b. candidates for a retrieval subset: SUBSET=nq CORPUS=dir
 
 # The release's retrieval subsets: already-mined lists, no retriever (the shorter stem wins over mined/%).
-$(WORK)/mined/rerank_%/manifest.json: | $(STAMP)
+$(WORK)/mined/rerank_%/.ettin/manifest.json: | $(STAMP)
 	$(RUN) mine --lists $(LISTS_DATASET) --source $* --output $(WORK)/mined/rerank_$* $(LISTS_ARGS)
 
-lists: need-SUBSET $(WORK)/mined/$(SUBSET)/manifest.json ## 1b. pairs of one release list: SUBSET=rerank_nq [NPROC=8]
+lists: need-SUBSET $(WORK)/mined/$(SUBSET)/.ettin/manifest.json ## 1b. pairs of one release list: SUBSET=rerank_nq [NPROC=8]
 
-lists-all: $(foreach s,$(RETRIEVAL_SUBSETS),$(WORK)/mined/$(s)/manifest.json) ## 1b. pairs of the 7 rerank_* lists
+lists-all: $(foreach s,$(RETRIEVAL_SUBSETS),$(WORK)/mined/$(s)/.ettin/manifest.json) ## 1b. pairs of the 7 rerank_* lists
 
 .SECONDEXPANSION:
-SCORE_INPUT = $(if $(or $(filter $*,$(RETRIEVAL_SUBSETS)),$(wildcard $(WORK)/mined/$*/manifest.json)),$(WORK)/mined/$*,$(WORK)/mix/$*)
-$(WORK)/scored/%/manifest.json: $$(SCORE_INPUT)/manifest.json | $(STAMP)
+SCORE_INPUT = $(if $(or $(filter $*,$(RETRIEVAL_SUBSETS)),$(wildcard $(WORK)/mined/$*/.ettin/manifest.json)),$(WORK)/mined/$*,$(WORK)/mix/$*)
+$(WORK)/scored/%/.ettin/manifest.json: $$(SCORE_INPUT)/.ettin/manifest.json | $(STAMP)
 	$(RUN) score $(SCORE_INPUT) --teacher $(TEACHER) --output $(WORK)/scored/$* $(SCORE_ARGS)
 
-score: need-SUBSET $(WORK)/scored/$(SUBSET)/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
+score: need-SUBSET $(WORK)/scored/$(SUBSET)/.ettin/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
 
-score-all: $(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/manifest.json) ## 2. every subset
+score-all: $(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/.ettin/manifest.json) ## 2. every subset
 
-$(WORK)/selected/%/manifest.json: $(WORK)/scored/%/manifest.json | $(STAMP)
+$(WORK)/selected/%/.ettin/manifest.json: $(WORK)/scored/%/.ettin/manifest.json | $(STAMP)
 	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*
 
-select: need-SUBSET $(WORK)/selected/$(SUBSET)/manifest.json ## 3. 256 then 64 per query: SUBSET=rerank_nq
+select: need-SUBSET $(WORK)/selected/$(SUBSET)/.ettin/manifest.json ## 3. 256 then 64 per query: SUBSET=rerank_nq
 
-select-all: $(foreach s,$(SELECTED),$(WORK)/selected/$(s)/manifest.json) ## 3. the 7 rerank_* and every mined subset
+select-all: $(foreach s,$(SELECTED),$(WORK)/selected/$(s)/.ettin/manifest.json) ## 3. the 7 rerank_* and every mined subset
 
 $(RUNS)/%/final/ettin_training.json: $(TRAIN_DEPS) | $(STAMP)
 	$(RUN) train --size $* $(TRAIN_DATA) --validation-data $(WORK)/scored/validation \

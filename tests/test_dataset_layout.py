@@ -115,4 +115,4 @@ def test_bad_targets_are_one_line_and_nothing_is_written(bad, needles, stand_in_
     shards.finalize_manifest(folder, 2)
     result = run_push([str(folder), "--repo-id", f"{ORG}/d", "--repo-type", "dataset"], stand_in_hub, tmp_path)
     refused(result, stand_in_hub, *needles)
-    assert not (folder / ".release").exists()
+    assert not (folder / ".ettin" / "release").exists()

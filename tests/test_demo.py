@@ -23,7 +23,7 @@ def test_demo_pipeline_runs_end_to_end_and_moves_the_student_toward_the_teacher(
     for step in range(1, 8):
         assert f"==> {step}/7" in proc.stdout
     for folder in ("mined", "scored", "selected", "heldout"):
-        assert (out / folder / "manifest.json").is_file(), folder
+        assert (out / folder / ".ettin" / "manifest.json").is_file(), folder
     # Only the 120 training queries are mined for training: no held-out test query leaks into the train data.
     train_qids = set(pq.read_table(out / "selected" / "part-00000.parquet").column("query_id").to_pylist())
     test_qids = {line.split("\t")[0] for line in
@@ -51,8 +51,8 @@ def make_dry(*args: str) -> str:
 def work(tmp_path) -> Path:
     """A work folder as `make mix` and `make mine` leave it: one pre-training subset, validation, one mined."""
     for sub in ("mix/agnews", "mix/validation", "mined/nq"):
-        (tmp_path / sub).mkdir(parents=True)
-        (tmp_path / sub / "manifest.json").write_text("{}")
+        (tmp_path / sub / ".ettin").mkdir(parents=True)
+        (tmp_path / sub / ".ettin" / "manifest.json").write_text("{}")
     (tmp_path / "mix" / "summary.json").write_text("{}")
     return tmp_path
 
@@ -93,8 +93,8 @@ def test_make_reruns_only_what_is_missing(work):
     stamp = f"VENV={Path(sys.executable).parents[1]}"
     release = [f"{step}/rerank_{s}" for s in RELEASE_LISTS for step in ("mined", "scored", "selected")]
     for step in ("scored/agnews", "scored/nq", "selected/nq", *release):
-        (work / step).mkdir(parents=True)
-        (work / step / "manifest.json").write_text("{}")
+        (work / step / ".ettin").mkdir(parents=True)
+        (work / step / ".ettin" / "manifest.json").write_text("{}")
     out = make_dry("train", "SIZE=17m", f"WORK={work}", stamp)
     assert " score " not in out and " select " not in out and " train --size 17m" in out
 

@@ -165,12 +165,12 @@ def test_ranks_split_the_shards_and_resume_after_a_partial_shard(replica, tmp_pa
     reference = shard_bytes(whole)
     split = tmp_path / "split"
     first = run_lists(replica, "nq", split, num_shards=2, shard_index=0)
-    assert not first["complete"] and not (split / "manifest.json").exists()
+    assert not first["complete"] and not (split / ".ettin" / "manifest.json").exists()
     assert run_lists(replica, "nq", split, num_shards=2, shard_index=1)["complete"]
     assert shard_bytes(split) == reference
     # a kill -9 mid-write: shard 2 truncated with no record, a temp file left behind, the manifest not yet written
-    (split / "manifest.json").unlink()
-    (split / "part-00002.parquet.done.json").unlink()
+    (split / ".ettin" / "manifest.json").unlink()
+    (split / ".ettin" / "part-00002.parquet.done.json").unlink()
     data = (split / "part-00002.parquet").read_bytes()
     (split / "part-00002.parquet").write_bytes(data[: len(data) // 2])
     (split / ".part-00002.parquet.abc.tmp").write_bytes(b"half")
@@ -190,18 +190,18 @@ def test_a_run_killed_mid_way_then_rerun_gives_the_same_output(replica, tmp_path
     proc = subprocess.Popen([*args, "--output", str(out)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("*.done.json")) and proc.poll() is None:
+    while time.time() < deadline and not list(out.glob(".ettin/*.done.json")) and proc.poll() is None:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    if (out / "manifest.json").exists():  # pragma: no cover - the machine was too fast to catch it mid-way
+    if (out / ".ettin" / "manifest.json").exists():  # pragma: no cover - the machine was too fast to catch it mid-way
         pytest.skip("the run finished before it could be killed")
-    assert len(list(out.glob("*.done.json"))) < 24
+    assert len(list(out.glob(".ettin/*.done.json"))) < 24
     rerun = subprocess.run([*args, "--output", str(out)], env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert shard_bytes(out) == shard_bytes(reference)
-    assert json.loads((out / "manifest.json").read_text())["totals"] == json.loads(
-        (reference / "manifest.json").read_text())["totals"]
+    assert json.loads((out / ".ettin" / "manifest.json").read_text())["totals"] == json.loads(
+        (reference / ".ettin" / "manifest.json").read_text())["totals"]
 
 
 def test_id_index_on_string_ids():

@@ -118,7 +118,7 @@ def test_mining_resumes_and_refuses_a_different_config(bm25_run, cranfield_dir, 
     before = read_rows(source)
     kept_mtime = (out / "part-00000.parquet").stat().st_mtime_ns
     shards.remove_shard(out, 1)
-    (out / "manifest.json").unlink()
+    (out / ".ettin" / "manifest.json").unlink()
     inputs = mining.resolve_inputs(cranfield_dir, split="test")
     summary = mining.mine(inputs, out, mining.MineOptions(top_k=200, queries_per_shard=100))
     assert summary["complete"]
@@ -133,7 +133,7 @@ def test_mining_split_across_ranks_matches_a_single_run(bm25_run, cranfield_dir,
     inputs = mining.resolve_inputs(cranfield_dir, split="test")
     options = mining.MineOptions(top_k=200, queries_per_shard=100)
     first = mining.mine(inputs, tmp_path / "ranks", options, num_shards=2, shard_index=0)
-    assert not first["complete"] and not (tmp_path / "ranks" / "manifest.json").exists()
+    assert not first["complete"] and not (tmp_path / "ranks" / ".ettin" / "manifest.json").exists()
     second = mining.mine(inputs, tmp_path / "ranks", options, num_shards=2, shard_index=1)
     assert second["complete"]
     assert read_rows(tmp_path / "ranks") == read_rows(source)

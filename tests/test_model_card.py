@@ -110,7 +110,7 @@ def test_teacher_scale_is_only_claimed_for_the_mxbai_teacher():
     assert 'logit("1") - logit("0")' in mxbai and "-12 to 22" in mxbai
     _, other = split_card(render_model_card(record(teacher="local model sha256:abc", teacher_format="bi-encoder")))
     assert 'logit("1")' not in other and "-12 to 22" not in other
-    assert "its raw score" in other and "local model sha256:abc" in other
+    assert "the raw score" in other and "the its" not in other and "local model sha256:abc" in other
 
 
 def test_the_encoder_named_is_the_backbone_actually_trained():

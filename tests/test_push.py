@@ -323,7 +323,7 @@ def test_check_model_scores_one_finite_value(trained_model, tmp_path):
 # ------------------------------------------------------------------------------------------- dataset pushes
 def release_files(name: str, folder: Path, split: str = "train") -> list[str]:
     """The paths in the repo that a push of one `ettin score` folder makes (the released data's layout)."""
-    n = len(json.loads((folder / "manifest.json").read_text())["shards"])
+    n = len(json.loads((folder / ".ettin" / "manifest.json").read_text())["shards"])
     return [f"{name}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)] + [
         f"provenance/{name}/{split}.manifest.json"]
 
@@ -344,7 +344,7 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     for folder in score_dirs:
         expected |= set(release_files(folder.name, folder))
         assert files[f"provenance/{folder.name}/train.manifest.json"].content == (
-            folder / "manifest.json").read_bytes()
+            folder / ".ettin" / "manifest.json").read_bytes()
     assert set(files) == expected
     assert all(r.lfs for p, r in files.items() if p.endswith(".parquet"))
 
@@ -354,7 +354,7 @@ def test_dataset_push_layout_card_and_load_back(score_dirs, stand_in, tmp_path):
     assert meta["configs"] == [{"config_name": d.name, "data_files": [{"split": "train",
                                                                         "path": f"{d.name}/train-*.parquet"}]}
                                for d in score_dirs]
-    teachers = {json.loads((d / "manifest.json").read_text())["teacher"] for d in score_dirs}
+    teachers = {json.loads((d / ".ettin" / "manifest.json").read_text())["teacher"] for d in score_dirs}
     assert len(teachers) == 1 and f"`{teachers.pop()}`" in card
     for folder in score_dirs:
         rows = sum(pq.read_metadata(p).num_rows for p in folder.glob("part-*.parquet"))
@@ -394,8 +394,8 @@ def test_dataset_dry_run_lists_every_file_and_contacts_nothing(score_dirs, stand
     expected = {}
     for name, folder in (("judged", score_dirs[0]), (score_dirs[1].name, score_dirs[1])):
         for path in release_files(name, folder):
-            local = (folder / "manifest.json" if path.startswith("provenance/")
-                     else folder / ".release" / name / path.split("/", 1)[1])
+            local = (folder / ".ettin" / "manifest.json" if path.startswith("provenance/")
+                     else folder / ".ettin" / "release" / name / path.split("/", 1)[1])
             expected[path] = local.stat().st_size
     expected["README.md"] = len(card.encode())
     assert sizes == expected
@@ -431,9 +431,9 @@ def test_validation_failures_upload_nothing(case, score_dirs, tampered, stand_in
         args = [str(tampered), "--repo-type", "dataset", "--repo-id", f"{ORG}/d"]
         needles = [str(tampered / "part-00001.parquet"), "does not match"]
     elif case == "no-manifest":
-        (tampered / "manifest.json").unlink()
+        (tampered / ".ettin" / "manifest.json").unlink()
         args = [str(tampered), "--repo-type", "dataset", "--repo-id", f"{ORG}/d"]
-        needles = [str(tampered / "manifest.json"), "not found"]
+        needles = [str(tampered / ".ettin" / "manifest.json"), "not found"]
     elif case == "duplicate-config":
         args = [*data, f"{score_dirs[0].name}={score_dirs[1]}", "--repo-id", f"{ORG}/d"]
         needles = [f"config name '{score_dirs[0].name}' is already used"]
@@ -468,7 +468,7 @@ def test_score_dir_checks(score_dirs, tmp_path):
 
     from ettin_cli.io import shards
 
-    manifest = json.loads((score_dirs[0] / "manifest.json").read_text())
+    manifest = json.loads((score_dirs[0] / ".ettin" / "manifest.json").read_text())
     checked = hub.verify_score_dir(score_dirs[0])
     assert checked.config == score_dirs[0].name and len(checked.shards) == 3
     assert checked.teacher == manifest["teacher"] and checked.rows == manifest["totals"]["rows"]

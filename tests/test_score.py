@@ -80,14 +80,13 @@ def test_score_writes_shards_with_all_columns_and_a_manifest(cranfield_pairs, cr
     expected = teacher.score([r["query"] for r in cranfield_pairs], [r["document"] for r in cranfield_pairs])
     np.testing.assert_allclose(table.column("score").to_numpy(), expected, atol=2e-5, rtol=1e-4)
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / ".ettin" / "manifest.json").read_text())
     from ettin_cli import __version__
-    from ettin_cli.core.files import sha256_file
-    from ettin_cli.label.teacher import model_fingerprint
+    from ettin_cli.core.files import local_model_identity, sha256_file
 
     assert manifest["tool_version"] == __version__
     assert manifest["format"] == "mxbai-v2" and manifest["dtype"] == "float32" and manifest["max_length"] == 256
-    assert manifest["teacher_sha256"] == model_fingerprint(tiny_qwen2_teacher_path)
+    assert manifest["teacher_sha256"] == local_model_identity(tiny_qwen2_teacher_path)
     assert manifest["input"]["files"][0]["name"] == cranfield_pairs_parquet.name
     assert [s["input_rows"] for s in manifest["shards"]] == [[a, min(a + 50, n)] for a in starts]
     assert [s["rows"] for s in manifest["shards"]] == [min(a + 50, n) - a for a in starts]
@@ -106,7 +105,7 @@ def test_score_writes_shards_with_all_columns_and_a_manifest(cranfield_pairs, cr
     assert f"{n} rows in {len(starts)} shards" in stdout
 
 
-def test_rerun_skips_verified_shards_and_redoes_a_damaged_one(reference, cranfield_pairs_parquet,
+def test_rerun_skips_finished_shards_and_verify_redoes_a_damaged_one(reference, cranfield_pairs_parquet,
                                                              tiny_qwen2_teacher_path, tmp_path):
     import shutil
 
@@ -120,12 +119,16 @@ def test_rerun_skips_verified_shards_and_redoes_a_damaged_one(reference, cranfie
     assert again.shards_scored == [] and again.rows_scored == 0  # all verified and skipped
     damaged = out / "part-00003.parquet"
     damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")  # same size, different bytes
+    # A resume checks records and sizes only (no hashing of every finished shard on every rerun) ...
+    assert run_score(job).shards_scored == []
+    # ... the full SHA-256 pass is asked for with --verify (or ETTIN_VERIFY=1), and finds the damage.
+    job.verify = True
     redo = run_score(job)
     assert redo.shards_scored == [3]
 
     def shards_of(directory):
-        return [(s["file"], s["rows"], s["sha256"]) for s in json.loads((directory / "manifest.json").read_text())[
-            "shards"]]
+        manifest = json.loads((directory / ".ettin" / "manifest.json").read_text())
+        return [(s["file"], s["rows"], s["sha256"]) for s in manifest["shards"]]
 
     assert shards_of(out) == shards_of(reference)  # redone shard 3 is byte-identical to the original
 
@@ -141,7 +144,7 @@ def test_kill_9_mid_shard_then_rerun_gives_every_row_once(reference, cranfield_p
     killed_in = None
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        finished = {int(p.name[5:10]) for p in out.glob("part-*.parquet.done.json")}
+        finished = {int(p.name[5:10]) for p in (out / ".ettin").glob("part-*.parquet.done.json")}
         started = {int(p.name[6:11]) for p in out.glob(".part-*.parquet.*.tmp")}
         in_progress = sorted(started - finished)
         if finished and in_progress:
@@ -153,14 +156,15 @@ def test_kill_9_mid_shard_then_rerun_gives_every_row_once(reference, cranfield_p
     log.close()
     assert killed_in is not None, "the run finished before it could be killed: " + (tmp_path / "first.log").read_text()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / f"part-{killed_in:05d}.parquet.done.json").exists()  # killed in the middle of this shard
-    assert not (out / "manifest.json").exists()
-    survivors = {p.name: p.read_text() for p in out.glob("part-*.parquet.done.json")}
+    # killed in the middle of this shard
+    assert not (out / ".ettin" / f"part-{killed_in:05d}.parquet.done.json").exists()
+    assert not (out / ".ettin" / "manifest.json").exists()
+    survivors = {p.name: p.read_text() for p in (out / ".ettin").glob("part-*.parquet.done.json")}
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     for name, text in survivors.items():
-        assert (out / name).read_text() == text  # finished shards were verified and skipped, not redone
+        assert (out / ".ettin" / name).read_text() == text  # finished shards were checked and skipped, not redone
     assert not list(out.glob(".*.tmp"))  # the killed writer's temp file is gone
     table = read_output(out)
     assert table.drop_columns(["score"]).to_pylist() == cranfield_pairs  # every row exactly once, in order
@@ -176,8 +180,8 @@ def test_two_torchrun_processes_equal_one_process(reference, cranfield_pairs_par
                                                 "--rows-per-shard", "20", "--device", "cpu")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = json.loads((out / "manifest.json").read_text())
-    ref = json.loads((reference / "manifest.json").read_text())
+    ours = json.loads((out / ".ettin" / "manifest.json").read_text())
+    ref = json.loads((reference / ".ettin" / "manifest.json").read_text())
     assert [(s["file"], s["rows"], s["sha256"]) for s in ours["shards"]] == \
         [(s["file"], s["rows"], s["sha256"]) for s in ref["shards"]]  # byte-identical shards
     assert ours["totals"] == ref["totals"]
@@ -197,7 +201,7 @@ def test_job_array_shards_split_the_work(reference, cranfield_pairs_parquet, tin
     assert results[0].manifest is None  # worker 1 alone: the manifest waits for worker 0's shards
     assert results[0].shards_scored == [1, 3, 5, 7] and results[1].shards_scored == [0, 2, 4, 6]
     assert results[1].manifest is not None
-    ref = json.loads((reference / "manifest.json").read_text())
+    ref = json.loads((reference / ".ettin" / "manifest.json").read_text())
     assert [s["sha256"] for s in results[1].manifest["shards"]] == [s["sha256"] for s in ref["shards"]]
     with pytest.raises(EttinError, match="--shard-index must be in"):
         run_score(ScoreJob(input=str(cranfield_pairs_parquet), output=out, teacher=str(tiny_qwen2_teacher_path),
@@ -235,21 +239,21 @@ def test_rerun_with_a_different_teacher_setting_is_refused(cranfield_pairs_parqu
     out = tmp_path / "scored"
     base = score_args(cranfield_pairs_parquet, tiny_qwen2_teacher_path, out, "--limit", "10")
     assert run_cli(base, capsys)[0] == 0
-    manifest = (out / "manifest.json").read_text()
+    manifest = (out / ".ettin" / "manifest.json").read_text()
     args = base.copy()
     args[args.index("--max-length") + 1] = "300"
     code, _, err = run_cli(args, capsys)
     assert code == 2
     line = error_line(err)
     assert "holds a different run (max_length: 256 -> 300)" in line and "--overwrite" in line
-    assert (out / "manifest.json").read_text() == manifest  # untouched
+    assert (out / ".ettin" / "manifest.json").read_text() == manifest  # untouched
     other = ["score", str(cranfield_pairs_parquet), "--teacher", str(minilm_path), "--output", str(out), "--limit",
              "10"]
     code, _, err = run_cli(other, capsys)
     assert code == 2 and "holds a different run" in error_line(err)
     code, _, err = run_cli([*other, "--overwrite"], capsys)
     assert code == 0, err
-    new = json.loads((out / "manifest.json").read_text())
+    new = json.loads((out / ".ettin" / "manifest.json").read_text())
     assert new["format"] == "bi-encoder" and new["totals"]["rows"] == 10
     scores = read_output(out).column("score").to_numpy()
     assert np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosine similarities now
@@ -274,7 +278,7 @@ def test_skip_invalid_and_empty_strings(tmp_path, tiny_qwen2_teacher_path, capsy
     table = read_output(out)
     assert table.column("n").to_pylist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
     assert np.isfinite(table.column("score").to_numpy()).all()
-    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    totals = json.loads((out / ".ettin" / "manifest.json").read_text())["totals"]
     assert totals["skipped_invalid"] == 2 and totals["first_skipped_rows"] == [2, 7]
     assert totals["input_rows"] == 12 and totals["rows"] == 10
 
@@ -296,8 +300,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "non-string values": ([str(numbers)], r"numbers\.parquet: column 'query' holds int64 values, not text"),
         "undecodable text": ([str(undecodable)], r"undecodable\.jsonl: row 1, column 'query': undecodable text"),
         "corrupt file": ([str(corrupt)], r"corrupt\.parquet: not a readable parquet file"),
-        "missing input": ([str(tmp_path / "nope.parquet")], r"nope\.parquet: no such file or directory"),
-        "unknown teacher": ([str(ok), "--teacher", str(tmp_path / "no-teacher")], r"no-teacher: no such folder"),
+        "missing input": ([str(tmp_path / "nope.parquet")], r"nope\.parquet: no such file or folder"),
+        "unknown teacher": ([str(ok), "--teacher", str(tmp_path / "no-teacher")], r"no-teacher: no such file"),
         "output is a file": ([str(ok), "--output", str(a_file)], r"--output .*a_file: is a file, not a directory"),
         "bad format": ([str(ok), "--teacher-format", "colbert"], r"--teacher-format must be"),
         "bad shard size": ([str(ok), "--rows-per-shard", "0"], r"--rows-per-shard must be >= 1"),
@@ -329,7 +333,7 @@ def test_shards_contract(tmp_path):
     record = shards.write_shard(out, 0, table, {"input_rows": [0, 3]})
     assert record["rows"] == 3 and record["config_sha256"] == digest and record["input_rows"] == [0, 3]
     assert shards.finalize_manifest(out, 2) is None  # shard 1 missing: no manifest yet
-    with pytest.raises(EttinError, match="incomplete"):
+    with pytest.raises(EttinError, match="unfinished"):
         shards.shard_paths(out)
     shards.write_shard(out, 1, pa.table({"x": [4]}))
     shards.write_shard(out, 2, pa.table({"x": [5]}))  # left over from a larger earlier run
@@ -338,11 +342,17 @@ def test_shards_contract(tmp_path):
     assert not (out / "part-00002.parquet").exists()
     assert [p.name for p in shards.shard_paths(out)] == ["part-00000.parquet", "part-00001.parquet"]
     (out / "part-00001.parquet").write_bytes(b"x" * (out / "part-00001.parquet").stat().st_size)
-    assert set(shards.completed_shards(out)) == {0}  # the altered shard no longer counts as finished
-    with pytest.raises(EttinError, match="checksum"):
+    assert set(shards.completed_shards(out)) == {0, 1}  # same size: a resume trusts record + size ...
+    assert set(shards.completed_shards(out, verify=True)) == {0}  # ... --verify hashes and redoes it
+    assert len(shards.shard_paths(out)) == 2
+    with pytest.raises(EttinError, match="does not match"):
+        shards.shard_paths(out, verify=True)
+    (out / "part-00001.parquet").write_bytes(b"x")  # another size: caught without hashing
+    assert set(shards.completed_shards(out)) == {0}
+    with pytest.raises(EttinError, match="bytes"):
         shards.shard_paths(out)
     with pytest.raises(EttinError, match=r"holds a different run \(k: 1 -> 2\)"):
         shards.prepare_output(out, {"step": "demo", "k": 2})
     shards.prepare_output(out, {"step": "demo", "k": 2}, overwrite=True)
     assert shards.completed_shards(out) == {}  # the old run's records no longer count
-    assert not (out / "manifest.json").exists()
+    assert not (out / ".ettin" / "manifest.json").exists()

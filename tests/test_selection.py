@@ -297,7 +297,7 @@ def test_select_resumes_and_splits_across_ranks(scored, tmp_path):
     assert select(scored_dir, tmp_path / "ranks", CFG, num_shards=2, shard_index=1)["complete"]
     assert read_dir(tmp_path / "ranks").equals(expected)
     shards.remove_shard(tmp_path / "full", 2)
-    (tmp_path / "full" / "manifest.json").unlink()
+    (tmp_path / "full" / ".ettin" / "manifest.json").unlink()
     kept = (tmp_path / "full" / "part-00000.parquet").stat().st_mtime_ns
     assert select(scored_dir, tmp_path / "full", CFG)["complete"]
     assert (tmp_path / "full" / "part-00000.parquet").stat().st_mtime_ns == kept

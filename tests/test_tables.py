@@ -85,6 +85,10 @@ def test_streamed_hub_dataset(tmp_path, monkeypatch):
         return real("parquet", data_files={"train": str(path)}, split=split, streaming=streaming)
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
+    from ettin_cli.core import sources
+
+    monkeypatch.setattr(sources, "is_offline", lambda: False)  # the Hub, as seen online
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=1.0: True)
     source = open_input("some-org/pairs", config="msmarco", split="train")
     assert source.kind == "hub"
     assert source.column_names == ["query", "document", "label", "id"]
@@ -178,10 +182,10 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path):
     text.write_text("a")
     with pytest.raises(EttinError, match="unsupported input type"):
         open_input(text)
-    with pytest.raises(EttinError, match="no such file or directory"):
+    with pytest.raises(EttinError, match="no such file or folder"):
         open_input(tmp_path / "missing" / "pairs.parquet")
     (tmp_path / "emptydir").mkdir()
-    with pytest.raises(EttinError, match="no .parquet, .jsonl or .csv files"):
+    with pytest.raises(EttinError, match=r"no \.parquet, \.jsonl, \.csv or \.tsv files"):
         open_input(tmp_path / "emptydir")
     mismatch = tmp_path / "mismatch"
     mismatch.mkdir()

@@ -49,6 +49,28 @@ def _root(
     console.setup(console.VERBOSE if verbose else console.QUIET if quiet else console.NORMAL)
 
 
+def _hide_flag_types() -> None:
+    """Plain on/off flags show no `<bool>` type in `--help` (typer labels every option with its type).
+
+    A flag takes no value, so a type column there reads as if `--overwrite true` were expected.
+    """
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_ettin_flags_hidden", False):
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202 - typer's own signature
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._ettin_flags_hidden = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"ettin_cli.commands.{_name}").register(app)
 
@@ -75,5 +97,38 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(interrupted_message(argv if argv is not None else sys.argv[1:]), err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns Ctrl-C inside a command into a silent exit 130; say what is kept and how to resume.
+        if exc.code == 130 and _from_interrupt(exc):
+            typer.echo(interrupted_message(argv if argv is not None else sys.argv[1:]), err=True)
+        raise
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """What Ctrl-C leaves behind, and how to go on: every step writes atomically and skips finished work."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    kept = {
+        "score": "finished shards (with their completion records) are kept; the shard in progress is discarded",
+        "mine": "finished shards are kept; the shard in progress is discarded",
+        "select": "finished shards are kept; the shard in progress is discarded",
+        "mix": "finished subsets and shards are kept; the shard in progress is discarded",
+        "train": "checkpoints already saved are kept; the steps since the last one are lost",
+        "push": "nothing was committed to the Hub (a push is one commit); uploaded files are not sent again",
+        "eval": "nothing half-written was left; results are written only at the end",
+        "bench": "nothing half-written was left; results are written only at the end",
+    }.get(command, "nothing half-written was left (every file is written to a temporary name first)")
+    again = " ".join(["ettin", *argv]) if argv else "the same command"
+    return f"interrupted: {kept}. Rerun the same command to resume: {again}"

@@ -43,9 +43,14 @@ def mix(
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
     list_only: bool = typer.Option(False, "--list", help="Print the sources, their origin and cap; build nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace subsets built with another configuration."),
+    verify: bool = typer.Option(False, "--verify", help="Hash finished shards (SHA-256) before reusing them; by "
+                                "default their record and size are checked (or set ETTIN_VERIFY=1)."),
 ) -> None:
     from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mixing
+    from ettin_cli.io.shards import request_verify
+
+    request_verify(verify)
 
     data, where = mixing.load_data_recipe(recipe)
     plan = mixing.load_plan(data, where)

@@ -49,6 +49,9 @@ def push(
     replace_card: bool = typer.Option(False, "--replace-card",
                                       help="Model: replace the folder's README.md with a card rendered from "
                                       "ettin_training.json."),
+    include_training_args: bool = typer.Option(False, "--include-training-args",
+                                               help="Model: also upload training_args.bin (a pickle of the "
+                                               "trainer's settings; left out by default)."),
     token: str | None = typer.Option(None, "--token", show_default=False,
                                      help="Hub token with write access (default: HF_TOKEN, then the stored login)."),
     license: str = typer.Option("apache-2.0", "--license", help="Dataset card license."),
@@ -72,6 +75,8 @@ def push(
             raise EttinError("--license applies to datasets; a model card's license comes from the recipe")
     elif replace_card:
         raise EttinError("--replace-card applies to model pushes; a dataset card is always generated")
+    elif include_training_args:
+        raise EttinError("--include-training-args applies to model pushes")
 
     resolved_token = None
     if dry_run:
@@ -84,7 +89,8 @@ def push(
         hub.check_online()
 
     if repo_type == "model":
-        plan = hub.plan_model_push(paths[0], repo_id, replace_card=replace_card, commit_message=commit_message)
+        plan = hub.plan_model_push(paths[0], repo_id, replace_card=replace_card, commit_message=commit_message,
+                                   include_training_args=include_training_args)
     else:
         plan = hub.plan_dataset_push(paths, repo_id, license=license, commit_message=commit_message)
 

@@ -35,8 +35,8 @@ def score(
     input: str = typer.Argument(..., metavar="INPUT", help="parquet/jsonl/csv file, a directory of them, or a Hub "
                                 "dataset id."),
     teacher: str = typer.Option(..., "--teacher", help="Teacher model: Hub id or local folder."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory for part-*.parquet and "
-                                "manifest.json."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory for part-*.parquet (bookkeeping "
+                                "and manifest.json in its .ettin/ folder)."),
     teacher_format: str = typer.Option("auto", "--teacher-format",
                                        help="auto | mxbai-v2 | qwen3-reranker | cross-encoder | bi-encoder | "
                                        "path/to/format.yaml (a judge format of your own; see recipes/teachers/). "
@@ -75,6 +75,8 @@ def score(
                                       "(counted and listed in the manifest) instead of failing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output of a different run in "
                                    "--output (finished shards of this same run are always kept)."),
+    verify: bool = typer.Option(False, "--verify", help="Hash every finished shard (SHA-256) before skipping it "
+                                "on a rerun; by default its record and size are checked (or set ETTIN_VERIFY=1)."),
     num_shards: int | None = typer.Option(None, "--num-shards", help="Job arrays: number of workers (with "
                                           "--shard-index); overrides torchrun's WORLD_SIZE."),
     shard_index: int | None = typer.Option(None, "--shard-index", help="Job arrays: this worker's index in "
@@ -93,7 +95,7 @@ def score(
                    device=device, attn=attn, instruction=instruction, batch_size=batch_size,
                    max_tokens_per_batch=max_tokens_per_batch, rows_per_shard=rows_per_shard, limit=limit,
                    skip_invalid=skip_invalid, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
-                   window_rows=sort_window)
+                   window_rows=sort_window, verify=True if verify else None)
     result = run_score(job)
     if result.manifest is not None:
         totals = result.manifest["totals"]

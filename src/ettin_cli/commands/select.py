@@ -49,12 +49,17 @@ def select(
                                                "is_positive when present)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of a different configuration."),
+    verify: bool = typer.Option(False, "--verify", help="Hash finished shards (SHA-256) before reusing them; by "
+                                "default their record and size are checked (or set ETTIN_VERIFY=1)."),
     num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
     shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
 ) -> None:
     from ettin_cli.core.console import logger
     from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mixing, selection
+    from ettin_cli.io.shards import request_verify
+
+    request_verify(verify)
 
     data, where = mixing.load_data_recipe(recipe)
     d = mixing.section(data, "selection", where)

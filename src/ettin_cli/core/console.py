@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -74,12 +75,17 @@ def _stderr_console():
     return Console(stderr=True, soft_wrap=True)
 
 
+_active: list[_Bar] = []
+
+
 @contextmanager
-def progress(total: int | None, description: str, unit: str = "rows") -> Iterator[object]:
+def progress(total: int | None, description: str, unit: str = "rows", every: float = 10.0) -> Iterator[_Bar]:
     """A progress bar on stderr showing count, rate (`unit`/s) and ETA; yields an object with `.advance(n)`.
 
-    Hidden with `-q`. Off a terminal (CI, log files) the bar is replaced by a log line every ~10 s, so long
-    jobs still report their rate and ETA in their logs.
+    Hidden with `-q`. Off a terminal (CI, log files) the bar is replaced by a log line every `every` seconds,
+    written by a timer even while no `advance` comes (a long batch, a slow shard), so a log never goes quiet
+    for longer than that while work runs. The innermost open bar also takes `advance_active(n)` calls from code
+    that does not hold it (a teacher reporting each batch inside one evaluation chunk).
     """
     bar: _Bar
     if _level <= QUIET:
@@ -87,20 +93,37 @@ def progress(total: int | None, description: str, unit: str = "rows") -> Iterato
     elif sys.stderr.isatty():
         bar = _RichBar(total, description, unit)
     else:
-        bar = _Bar(total, description, unit, enabled=True)
+        bar = _Bar(total, description, unit, enabled=True, every=every)
+    _active.append(bar)
     try:
         yield bar
     finally:
+        _active.remove(bar)
         bar.close()
 
 
+def advance_active(n: int = 1) -> None:
+    """Advance the innermost open progress bar by `n` (no-op when none is open)."""
+    if _active:
+        _active[-1].advance(n)
+
+
 class _Bar:
-    """Plain-text progress: a log line at most every `every` seconds, plus a final summary."""
+    """Plain-text progress: a log line every `every` seconds from a timer thread, plus a final summary."""
 
     def __init__(self, total: int | None, description: str, unit: str, enabled: bool, every: float = 10.0):
         self.total, self.description, self.unit, self.enabled, self.every = total, description, unit, enabled, every
         self.done = 0
-        self.start = self._last = time.perf_counter()
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if enabled:
+            self._ticker = threading.Thread(target=self._tick, name="ettin-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            logger.info(self.status())
 
     def rate(self) -> float:
         elapsed = time.perf_counter() - self.start
@@ -122,12 +145,16 @@ class _Bar:
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        now = time.perf_counter()
-        if self.enabled and now - self._last >= self.every:
-            self._last = now
-            logger.info(self.status())
+
+    def advance_to(self, done: int) -> None:
+        """Move to `done` when finer-grained `advance` calls (per batch) have not already got there."""
+        if done > self.done:
+            self.advance(done - self.done)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1.0)
         if self.enabled and self.done:
             logger.info(self.status())
 

@@ -2,7 +2,8 @@
 
 Every output of the pipeline is written to a temporary name beside its destination and renamed into place, so
 a crash, a kill -9 or a full disk never leaves a half-written file under the final name. Rename is atomic on
-POSIX file systems within one directory.
+POSIX file systems within one directory. The temp file gets the permissions a plain `open()` would give (the
+user's umask), not `mkstemp`'s private 0600, so shared data folders stay readable by the group.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on failure remove it."""
@@ -25,6 +33,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # make the bytes durable before they get the final name
@@ -62,3 +71,27 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+# Files that make up a model's weights; their sizes and mtimes stand in for their bytes in `local_model_identity`.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
+
+
+def local_model_identity(path: str | os.PathLike[str]) -> str:
+    """A SHA-256 naming a local model folder: its small files' contents, plus each weight file's size and mtime.
+
+    Hashing every weight byte of a 1.5B teacher costs minutes on each run (and on every rank); a changed
+    config/tokenizer or a rewritten weight file still changes this identity, which is what a resumed run must
+    notice. Hidden files (.cache, .git) are ignored, so a Hub snapshot copy and its source agree on contents.
+    """
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()
+                       and not any(s.startswith(".") for s in p.relative_to(root).parts)):
+        rel = file.relative_to(root).as_posix()
+        stat = file.stat()
+        if file.suffix.lower() in _WEIGHT_SUFFIXES:
+            digest.update(f"{rel}\0weights\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        else:
+            digest.update(f"{rel}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()

@@ -428,8 +428,9 @@ def mine_lists(dataset: str, source: str, output: str | Path, options: ListsOpti
     blocks = _blocks(n_lists, options.lists_per_shard)
     config = {"step": "mine-lists", "dataset": dataset, "source": source, "top_k": options.top_k,
               "lists_per_shard": options.lists_per_shard, "lists": n_lists, "fingerprints": src.fingerprints}
-    same_run = shards.check_output(out, config, overwrite) == _recorded_hash(out)
-    done = set(shards.completed_shards(out)) if same_run else set()  # another run's shards are redone
+    folder = shards.open_folder(out)
+    same_run = folder.check(config, overwrite) == folder.config_sha256()
+    done = set(folder.completed()) if same_run else set()  # another run's shards are redone
     pending = [b for b in range(len(blocks)) if b not in done]
     logger.info(f"mine --lists: {source}: {n_lists:,} lists, {src.documents.num_rows:,} documents (ids "
                 f"{src.doc_index.kind}), {len(blocks)} shard(s), {len(pending)} to do")
@@ -439,12 +440,12 @@ def mine_lists(dataset: str, source: str, output: str | Path, options: ListsOpti
             for lo, hi in _slices(*blocks[b], 4096):
                 lists_to_pairs(src, src.scores.slice(lo, hi - lo), options.top_k, texts=False)
                 bar.advance(hi - lo)
-    digest = shards.prepare_output(out, config, overwrite)
+    digest = folder.prepare(config, overwrite)
     todo = [b for b in pending if owned(b, rank)]
     with console.progress(sum(blocks[b][1] - blocks[b][0] for b in todo), f"lists {source}", unit="lists") as bar:
         for b in todo:
             stats = BatchStats()
-            with shards.shard_writer(out, b, pairs_schema(), digest) as writer:
+            with folder.writer(b, pairs_schema(), digest) as writer:
                 for lo, hi in _slices(*blocks[b], options.batch_lists):
                     table, part = lists_to_pairs(src, src.scores.slice(lo, hi - lo), options.top_k)
                     writer.write(table)
@@ -454,17 +455,6 @@ def mine_lists(dataset: str, source: str, output: str | Path, options: ListsOpti
                     writer.write(pairs_schema().empty_table())
                 writer.extra.update({"lists_range": list(blocks[b]), **stats.__dict__})
     return finish_lists(out, len(blocks), config, src)
-
-
-def _recorded_hash(out: Path) -> str | None:
-    import json
-
-    from ettin_cli.io import shards
-
-    try:
-        return json.loads((out / shards.RUN_FILE).read_text(encoding="utf-8")).get("config_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def finish_lists(out: Path, n_blocks: int, config: dict[str, Any], src: Source) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io.beir import document_text
+from ettin_cli.measure.retrieval import RunningTopK
 
 ID_COLUMNS = ("_id", "id", "doc_id", "docid", "corpus_id", "query_id", "qid")
 TEXT_COLUMNS = ("text", "document", "contents", "content", "passage", "body", "query")
@@ -239,24 +240,6 @@ def make_search(retriever: str, *, batch_size: int = 64, device: str | None = No
     return search, retriever
 
 
-class RunningTopK:
-    """Per query, the best `k` (score, corpus position) seen so far; ties go to the earlier document."""
-
-    def __init__(self, query_ids: list[str], k: int):
-        self.k = k
-        self.scores = {q: np.empty(0, dtype=np.float64) for q in query_ids}
-        self.positions = {q: np.empty(0, dtype=np.int64) for q in query_ids}
-
-    def merge(self, qid: str, scores: np.ndarray, positions: np.ndarray) -> None:
-        all_scores = np.concatenate([self.scores[qid], scores])
-        all_pos = np.concatenate([self.positions[qid], positions])
-        order = np.lexsort((all_pos, -all_scores))[: self.k]
-        self.scores[qid], self.positions[qid] = all_scores[order], all_pos[order]
-
-    def referenced(self) -> set[int]:
-        return {int(p) for arr in self.positions.values() for p in arr}
-
-
 def search_block(search: SearchFn, block: dict[str, str], chunks: Iterator[tuple[int, list[str], list[str]]],
                  top_k: int, needed_ids: set[str]) -> tuple[RunningTopK, dict[int, tuple[str, str]], dict[str, str]]:
     """Search every corpus chunk for the block's queries and merge the hits into one top-k per query.
@@ -273,10 +256,9 @@ def search_block(search: SearchFn, block: dict[str, str], chunks: Iterator[tuple
             raise EttinError("the corpus has duplicate document ids")
         local = {did: start + i for i, did in enumerate(ids)}
         results = search(chunk, block, top_k)
-        for qid, hits in results.items():
-            if hits:
-                top.merge(qid, np.asarray([s for _, s in hits], dtype=np.float64),
-                          np.asarray([local[d] for d, _ in hits], dtype=np.int64))
+        top.merge_hits({qid: (np.asarray([s for _, s in hits], dtype=np.float64),
+                              np.asarray([local[d] for d, _ in hits], dtype=np.int64))
+                        for qid, hits in results.items() if hits})
         keep = top.referenced()
         docs = {p: v for p, v in docs.items() if p in keep}
         for pos in keep:

@@ -194,9 +194,9 @@ def apply_options(plan: MixPlan, *, overrides: dict[str, str] | None = None, cap
 
 def _paths_of(path: Path) -> Path | list[Path]:
     """A folder written by `ettin score`/`select`/`mix` (manifest + shards) is read through its shard list."""
-    if path.is_dir() and (path / "manifest.json").is_file():
-        from ettin_cli.io import shards
+    from ettin_cli.io import shards
 
+    if path.is_dir() and shards.is_sharded_output(path):
         return list(shards.shard_paths(path))
     return path
 
@@ -519,7 +519,7 @@ def _finished_report(directory: Path, config: dict[str, Any]) -> SubsetReport | 
     """The saved report of a finished subset built with exactly `config` (every shard verified), else None."""
     from ettin_cli.io import shards
 
-    if not (directory / shards.MANIFEST_FILE).is_file():
+    if not shards.is_finished(directory):
         return None
     try:
         manifest = shards.read_manifest(directory)

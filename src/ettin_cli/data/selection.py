@@ -441,12 +441,9 @@ def input_shards(path: str | Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise EttinError(f"{root}: no such file or folder")
-    if (root / shards.MANIFEST_FILE).is_file():
-        return shards.shard_paths(root)
-    if (root / shards.RUN_FILE).is_file():
-        raise EttinError(f"{root}: the step that writes this folder has not finished (no manifest.json); "
-                         f"rerun it to complete the output")
-    files = sorted(p for p in root.glob("*.parquet") if not p.name.startswith("."))
+    if shards.is_sharded_output(root):
+        return shards.shard_paths(root)  # the one sharded-folder reader (refuses an unfinished output)
+    files = sorted(p for p in root.glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         raise EttinError(f"{root}: no parquet files in this folder")
     return files

@@ -1,17 +1,26 @@
-"""Sharded, resumable, rank-safe parquet output: `DIR/part-00000.parquet`, ... plus `DIR/manifest.json`.
+"""The one sharded-folder API: `DIR/part-00000.parquet`, ... plus bookkeeping in `DIR/.ettin/`.
 
-Used by every sharded step (score, mine, select, mix). The design needs no coordination between ranks:
+Used by every sharded step (score, mine, select, mix) and by every reader of their outputs (tables, select, mix,
+train, push). The design needs no coordination between ranks (the datatrove way):
 
 - Each shard is written to a temporary name and renamed into place, then a completion record
-  `part-00000.parquet.done.json` (rows, bytes, sha256, the step's config hash, anything the step adds) is
-  written, also atomically. A shard without a valid record is unfinished and gets redone; a kill -9 at any
+  `.ettin/part-00000.parquet.done.json` (rows, bytes, sha256, the step's config hash, anything the step adds)
+  is written, also atomically. A shard without a valid record is unfinished and gets redone; a kill -9 at any
   moment leaves either no final file, or a final file without a record, or both: never a half-written shard
-  that looks finished.
-- `DIR/run.json` holds the step's config; a rerun with a different config is refused (or, with overwrite,
-  records of the old config are ignored and their shards redone).
-- `DIR/manifest.json` is assembled from the completion records once every expected shard has one. Whichever
-  rank finishes last (or any rerun) writes it; writers produce the same content and the write is an atomic
-  rename, so two ranks finalising at once cannot corrupt it.
+  that looks finished. A rank skips every shard it owns whose record exists.
+- `.ettin/run.json` holds the step's config; a rerun with a different config is refused with the keys that
+  differ (or, with overwrite, records of the old config are ignored and their shards redone).
+- `.ettin/manifest.json` is assembled from the completion records once every expected shard has one.
+  Whichever rank finishes last (or any rerun) writes it; writers produce the same content and the write is an
+  atomic rename, so two ranks finalising at once cannot corrupt it.
+
+The JSON sidecars live in the hidden `.ettin/` because every parquet reader skips hidden names (Arrow's dataset
+discovery skips `.` and `_` prefixes, `datasets` skips hidden files and folders): a finished folder opens as
+plain parquet with `pd.read_parquet(DIR)` or `datasets.load_dataset("parquet", data_dir=DIR)`.
+
+Checking a finished shard costs a `stat`: its record and its size. A full SHA-256 pass over the bytes runs only
+where it is worth its cost (`ettin push`, or `--verify` / `ETTIN_VERIFY=1`), since hashing 100 GB of shards on
+every resume or read would take longer than most steps.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +40,13 @@ from ettin_cli import __version__
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import atomic_path, sha256_file, write_json_atomic
 
+META_DIR = ".ettin"
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 DONE_SUFFIX = ".done.json"
+VERIFY_ENV = "ETTIN_VERIFY"
+
+PathLike = str | os.PathLike[str]
 
 
 def shard_name(index: int) -> str:
@@ -45,6 +59,47 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def verify_requested(verify: bool | None = None) -> bool:
+    """Whether to hash shard bytes: an explicit `--verify` wins, else `ETTIN_VERIFY=1`, else no (size only)."""
+    if verify is not None:
+        return bool(verify)
+    return os.environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def request_verify(verify: bool) -> None:
+    """`--verify` on a command: every shard check in this process hashes the bytes (as ETTIN_VERIFY=1 does)."""
+    if verify:
+        os.environ[VERIFY_ENV] = "1"
+
+
+def meta_dir(directory: PathLike) -> Path:
+    """`DIR/.ettin`: where a sharded folder keeps its run record, completion records and manifest."""
+    return Path(directory) / META_DIR
+
+
+def sidecar_path(directory: PathLike, name: str) -> Path:
+    """Where a step keeps its own JSON next to the shards (e.g. score's input check): `DIR/.ettin/NAME`."""
+    return meta_dir(directory) / name
+
+
+def manifest_path(directory: PathLike) -> Path:
+    return sidecar_path(directory, MANIFEST_FILE)
+
+
+def run_path(directory: PathLike) -> Path:
+    return sidecar_path(directory, RUN_FILE)
+
+
+def is_finished(directory: PathLike) -> bool:
+    """True when DIR is a finished sharded output (its manifest exists)."""
+    return manifest_path(directory).is_file()
+
+
+def is_sharded_output(directory: PathLike) -> bool:
+    """True when DIR was written by a sharded step, finished or not (a manifest or a run record exists)."""
+    return is_finished(directory) or run_path(directory).is_file()
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -53,80 +108,43 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    shown = []
-    for key in keys[:3]:
-        shown.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return "; ".join(shown) + ("; ..." if len(keys) > 3 else "")
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
 
 
-def check_output(directory: str | os.PathLike[str], config: dict[str, Any], overwrite: bool = False) -> str:
-    """Refuse an output DIR that is a file or holds a different run (unless `overwrite`); writes nothing.
+def describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """Only the settings that differ, as dotted keys (`input.sha256: 'ab..' -> 'cd..'`), at most `limit`.
 
-    Returns the config hash. Split from `prepare_output` so a step can validate its input before it creates
-    anything: a refused or failed run leaves no trace.
+    Nested configs (the input's fingerprint, the teacher's identity) are compared leaf by leaf, so a refused
+    rerun names the one value that changed instead of printing both configs whole.
     """
-    root = Path(directory)
-    if root.exists() and not root.is_dir():
-        raise EttinError(f"--output {root}: is a file, not a directory")
-    digest = config_hash(config)
-    if not root.is_dir() or overwrite:
-        return digest
-    run_path = root / RUN_FILE
-    existing = _read_json(run_path) if run_path.exists() else None
-    if existing is not None and existing.get("config_sha256") != digest:
-        what = _describe_difference(existing.get("config", {}), config)
-        raise EttinError(f"--output {root}: holds a different run ({what}); use another directory or --overwrite")
-    if existing is None and run_path.exists():
-        raise EttinError(f"{run_path}: unreadable run record; use --overwrite to start afresh")
-    if existing is None and any(root.glob("part-*.parquet")):
-        raise EttinError(f"--output {root}: holds parquet shards from an unknown run; use another directory "
-                         "or --overwrite")
-    return digest
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+    missing = object()
+
+    def show(v: Any) -> str:
+        if v is missing:
+            return "(not set)"
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    shown = [f"{k}: {show(flat_old.get(k, missing))} -> {show(flat_new.get(k, missing))}" for k in keys[:limit]]
+    more = len(keys) - limit
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def prepare_output(directory: str | os.PathLike[str], config: dict[str, Any], overwrite: bool = False) -> str:
-    """Create DIR (or resume it) for a run with `config`; return the config hash that tags its records.
+@dataclass
+class ShardRun:
+    """What `ShardedFolder.run_owned` did on this rank: shards it owns, found finished, and worked."""
 
-    A directory holding a different run's output is refused with what differs, unless `overwrite`: then the
-    old run's records no longer count (their shards are redone) and its manifest is removed.
-    """
-    root = Path(directory)
-    digest = check_output(root, config, overwrite)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EttinError(f"--output {root}: cannot create the directory ({exc.strerror})") from None
-    run_path = root / RUN_FILE
-    existing = _read_json(run_path) if run_path.exists() else None
-    if existing is None or existing.get("config_sha256") != digest:
-        manifest = _read_json(root / MANIFEST_FILE)
-        if manifest is not None and manifest.get("config_sha256") != digest:
-            (root / MANIFEST_FILE).unlink(missing_ok=True)
-        write_json_atomic(run_path, {"config": config, "config_sha256": digest, "version": __version__})
-    return digest
-
-
-def _record_path(root: Path, index: int) -> Path:
-    return root / (shard_name(index) + DONE_SUFFIX)
-
-
-def remove_shard(directory: str | os.PathLike[str], index: int) -> None:
-    """Forget shard `index`: its record, its file and any temp file a killed writer left behind."""
-    root = Path(directory)
-    _record_path(root, index).unlink(missing_ok=True)
-    (root / shard_name(index)).unlink(missing_ok=True)
-    remove_shard_temps(root, index)
-
-
-def remove_shard_temps(directory: str | os.PathLike[str], index: int) -> int:
-    """Delete temp files of shard `index` only (other ranks may be writing theirs right now)."""
-    removed = 0
-    for tmp in Path(directory).glob(f".{shard_name(index)}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    owned: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
 
 
 class ShardWriter:
@@ -147,141 +165,298 @@ class ShardWriter:
         self._writer.close()
 
 
-@contextmanager
-def shard_writer(directory: str | os.PathLike[str], index: int, schema: Any,
-                 config_sha256: str) -> Iterator[ShardWriter]:
-    """Write shard `index` incrementally; on success rename it into place, then write its completion record."""
-    root = Path(directory)
-    final = root / shard_name(index)
-    remove_shard_temps(root, index)
-    _record_path(root, index).unlink(missing_ok=True)
-    started = time.time()
-    with atomic_path(final) as tmp:
-        writer = ShardWriter(tmp, schema)
+class ShardedFolder:
+    """One sharded output folder: open it, check or bind its config, run a rank's shards, finalize, read."""
+
+    def __init__(self, directory: PathLike) -> None:
+        self.root = Path(directory)
+        self.meta = meta_dir(self.root)
+
+    # ---------------------------------------------------------------------------------------- paths
+    def record_path(self, index: int) -> Path:
+        return self.meta / (shard_name(index) + DONE_SUFFIX)
+
+    def config_sha256(self) -> str | None:
+        run = _read_json(self.meta / RUN_FILE)
+        return run.get("config_sha256") if run else None
+
+    # ---------------------------------------------------------------------------------------- writing
+    def check(self, config: dict[str, Any], overwrite: bool = False) -> str:
+        """Refuse a DIR that is a file or holds a different run (unless `overwrite`); writes nothing.
+
+        Returns the config hash. Split from `prepare` so a step can validate its input before it creates
+        anything: a refused or failed run leaves no trace.
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise EttinError(f"--output {root}: is a file, not a directory")
+        digest = config_hash(config)
+        if not root.is_dir() or overwrite:
+            return digest
+        run_file = self.meta / RUN_FILE
+        existing = _read_json(run_file) if run_file.exists() else None
+        if existing is not None and existing.get("config_sha256") != digest:
+            what = describe_difference(existing.get("config", {}), config)
+            raise EttinError(f"--output {root}: holds a different run ({what}); use another directory "
+                             "or --overwrite")
+        if existing is None and run_file.exists():
+            raise EttinError(f"{run_file}: unreadable run record; use --overwrite to start afresh")
+        if existing is None and any(root.glob("part-*.parquet")):
+            raise EttinError(f"--output {root}: holds parquet shards from an unknown run; use another directory "
+                             "or --overwrite")
+        return digest
+
+    def prepare(self, config: dict[str, Any], overwrite: bool = False) -> str:
+        """Create DIR (or resume it) for a run with `config`; return the config hash that tags its records.
+
+        A directory holding a different run's output is refused with what differs, unless `overwrite`: then the
+        old run's records no longer count (their shards are redone) and its manifest is removed.
+        """
+        digest = self.check(config, overwrite)
         try:
-            yield writer
-        finally:
-            writer.close()
-    record = {
-        "index": index,
-        "file": final.name,
-        "rows": writer.rows,
-        "bytes": final.stat().st_size,
-        "sha256": sha256_file(final),
-        "config_sha256": config_sha256,
-        "started_at": started,
-        "finished_at": time.time(),
-        "host": socket.gethostname(),
-        **writer.extra,
-    }
-    write_json_atomic(_record_path(root, index), record)
+            self.meta.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EttinError(f"--output {self.root}: cannot create the directory ({exc.strerror})") from None
+        run_file = self.meta / RUN_FILE
+        existing = _read_json(run_file) if run_file.exists() else None
+        if existing is None or existing.get("config_sha256") != digest:
+            manifest = _read_json(self.meta / MANIFEST_FILE)
+            if manifest is not None and manifest.get("config_sha256") != digest:
+                (self.meta / MANIFEST_FILE).unlink(missing_ok=True)
+            write_json_atomic(run_file, {"config": config, "config_sha256": digest, "version": __version__})
+        return digest
+
+    def remove_temps(self, index: int) -> int:
+        """Delete temp files of shard `index` only (other ranks may be writing theirs right now)."""
+        removed = 0
+        for tmp in self.root.glob(f".{shard_name(index)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def remove(self, index: int) -> None:
+        """Forget shard `index`: its record, its file and any temp file a killed writer left behind."""
+        self.record_path(index).unlink(missing_ok=True)
+        (self.root / shard_name(index)).unlink(missing_ok=True)
+        self.remove_temps(index)
+
+    @contextmanager
+    def writer(self, index: int, schema: Any, config_sha256: str | None = None) -> Iterator[ShardWriter]:
+        """Write shard `index` incrementally; on success rename it into place, then write its completion record."""
+        digest = config_sha256 if config_sha256 is not None else (self.config_sha256() or "")
+        final = self.root / shard_name(index)
+        self.remove_temps(index)
+        self.record_path(index).unlink(missing_ok=True)
+        started = time.time()
+        with atomic_path(final) as tmp:
+            writer = ShardWriter(tmp, schema)
+            try:
+                yield writer
+            finally:
+                writer.close()
+        record = {
+            "index": index,
+            "file": final.name,
+            "rows": writer.rows,
+            "bytes": final.stat().st_size,
+            "sha256": sha256_file(final),  # the bytes are hot in the page cache now: the cheapest moment
+            "config_sha256": digest,
+            "started_at": started,
+            "finished_at": time.time(),
+            "host": socket.gethostname(),
+            **writer.extra,
+        }
+        write_json_atomic(self.record_path(index), record)
+
+    def write(self, index: int, table: Any, record_extra: dict[str, Any] | None = None,
+              config_sha256: str | None = None) -> dict[str, Any]:
+        """Write a whole in-memory table as shard `index` (atomically, with its completion record)."""
+        with self.writer(index, table.schema, config_sha256) as writer:
+            writer.write(table)
+            writer.extra.update(record_extra or {})
+        return _read_json(self.record_path(index)) or {}
+
+    # ---------------------------------------------------------------------------------------- resuming
+    def completed(self, verify: bool | None = None, indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
+        """Completion records of finished shards of the current run (`.ettin/run.json`), by index.
+
+        A record counts when it belongs to the current config and its shard file exists with the recorded size;
+        with `verify` (or ETTIN_VERIFY=1) its SHA-256 must match too (an altered shard is then redone).
+        """
+        check_bytes = verify_requested(verify)
+        current = self.config_sha256()
+        found: dict[int, dict[str, Any]] = {}
+        if indices is None:
+            paths = sorted(self.meta.glob(f"part-*.parquet{DONE_SUFFIX}"))
+        else:
+            paths = [self.record_path(i) for i in indices]
+        for path in paths:
+            record = _read_json(path) if path.exists() else None
+            if not record or record.get("config_sha256") != current:
+                continue
+            shard = self.root / str(record.get("file", ""))
+            if not shard.is_file() or shard.stat().st_size != record.get("bytes"):
+                continue
+            if check_bytes and sha256_file(shard) != record.get("sha256"):
+                continue
+            found[int(record["index"])] = record
+        return found
+
+    def pending(self, expected: int, rank: Any, verify: bool | None = None) -> tuple[dict[int, dict[str, Any]],
+                                                                                      list[int]]:
+        """(finished records, shards to do) among the `expected` shards this rank owns (`i % world == rank`)."""
+        from ettin_cli.core.distributed import owned
+
+        mine = [i for i in range(expected) if owned(i, rank)]
+        done = self.completed(verify=verify, indices=mine)
+        return done, [i for i in mine if i not in done]
+
+    def run_owned(self, expected: int, rank: Any, work: Callable[[int], None],
+                  verify: bool | None = None) -> ShardRun:
+        """Call `work(i)` for every shard this rank owns that has no completion record; `work` writes shard i
+        (through `writer`/`write`). Shards finished by an earlier attempt, or by another rank, are skipped."""
+        done, todo = self.pending(expected, rank, verify)
+        result = ShardRun(owned=sorted([*done, *todo]), skipped=sorted(done))
+        for index in todo:
+            work(index)
+            result.done.append(index)
+        return result
+
+    def finalize(self, expected: int,
+                 extra: dict[str, Any] | Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+                 ) -> dict[str, Any] | None:
+        """Write `.ettin/manifest.json` if all `expected` shards have records; return it, or None if some are
+        missing.
+
+        Shards are checked by size here (each was hashed when written). `extra` (a dict, or a function of the
+        ordered records) adds step-specific totals. Shard files beyond `expected` (left by an older run) are
+        removed.
+        """
+        records = self.completed(verify=False, indices=list(range(expected)))
+        if len(records) < expected:
+            return None
+        ordered = [records[i] for i in range(expected)]
+        for stale in self.root.glob("part-*.parquet"):
+            try:
+                index = int(stale.name[len("part-"):-len(".parquet")])
+            except ValueError:
+                continue
+            if index >= expected:
+                stale.unlink(missing_ok=True)
+                self.record_path(index).unlink(missing_ok=True)
+        run = _read_json(self.meta / RUN_FILE) or {}
+        manifest: dict[str, Any] = {
+            "tool": "ettin-cli",
+            "version": __version__,
+            "config": run.get("config", {}),
+            "config_sha256": run.get("config_sha256"),
+            "shards": [{k: v for k, v in r.items() if k not in ("config_sha256", "index")} for r in ordered],
+            "totals": {"shards": expected, "rows": sum(int(r["rows"]) for r in ordered)},
+        }
+        more = extra(ordered) if callable(extra) else (extra or {})
+        for key, value in more.items():
+            if key == "totals" and isinstance(value, dict):
+                manifest["totals"].update(value)
+            else:
+                manifest[key] = value
+        write_json_atomic(self.meta / MANIFEST_FILE, manifest)
+        return manifest
+
+    # ---------------------------------------------------------------------------------------- reading
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of a finished output; a one-line error when the output is incomplete."""
+        manifest = _read_json(self.meta / MANIFEST_FILE)
+        if manifest is None:
+            if (self.meta / RUN_FILE).is_file():
+                raise EttinError(f"{self.root}: an unfinished sharded output (no {META_DIR}/{MANIFEST_FILE} yet): "
+                                 "the step that writes it has not finished; rerun it to complete the output")
+            raise EttinError(f"{self.root}: no {META_DIR}/{MANIFEST_FILE}: not the finished output of an ettin "
+                             "step (rerun the step to finish it)")
+        return manifest
+
+    def shards(self, verify: bool | None = None,
+               progress: Callable[[int], None] | None = None) -> list[Path]:
+        """The shard files of the finished output, in order, each checked against the manifest: the size always,
+        the SHA-256 with `verify` (or ETTIN_VERIFY=1). `progress(bytes)` is called per shard hashed."""
+        manifest = self.manifest()
+        check_bytes = verify_requested(verify)
+        entries = manifest.get("shards")
+        if not isinstance(entries, list) or not entries:
+            raise EttinError(f"{self.meta / MANIFEST_FILE}: lists no shards")
+        paths = []
+        for i, entry in enumerate(entries):
+            name = entry.get("file") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".parquet"):
+                raise EttinError(f"{self.meta / MANIFEST_FILE}: shard entry {i} does not name a parquet file in "
+                                 "the folder")
+            path = self.root / name
+            if not path.is_file():
+                raise EttinError(f"{path}: listed in {META_DIR}/{MANIFEST_FILE} but missing")
+            size = path.stat().st_size
+            if size != entry.get("bytes"):
+                raise EttinError(f"{path}: {size} bytes, {META_DIR}/{MANIFEST_FILE} says {entry.get('bytes')} "
+                                 "(the shard changed after it was written)")
+            if check_bytes:
+                digest = sha256_file(path)
+                if digest != entry.get("sha256"):
+                    raise EttinError(f"{path}: sha256 {digest[:12]}... does not match {META_DIR}/{MANIFEST_FILE} "
+                                     f"({str(entry.get('sha256'))[:12]}...): the shard changed after it was written")
+                if progress is not None:
+                    progress(size)
+            paths.append(path)
+        return paths
 
 
-def write_shard(directory: str | os.PathLike[str], index: int, table: Any, record_extra: dict[str, Any] | None = None,
+# ------------------------------------------------------------------------------------------------------------
+# Function forms of the same operations (one folder, one call), kept for callers that hold only a path.
+
+
+def open_folder(directory: PathLike) -> ShardedFolder:
+    """Open DIR as a sharded folder (nothing is read or created until a method asks)."""
+    return ShardedFolder(directory)
+
+
+def check_output(directory: PathLike, config: dict[str, Any], overwrite: bool = False) -> str:
+    return ShardedFolder(directory).check(config, overwrite)
+
+
+def prepare_output(directory: PathLike, config: dict[str, Any], overwrite: bool = False) -> str:
+    return ShardedFolder(directory).prepare(config, overwrite)
+
+
+def remove_shard(directory: PathLike, index: int) -> None:
+    ShardedFolder(directory).remove(index)
+
+
+def remove_shard_temps(directory: PathLike, index: int) -> int:
+    return ShardedFolder(directory).remove_temps(index)
+
+
+def shard_writer(directory: PathLike, index: int, schema: Any, config_sha256: str):
+    """Context manager: stream shard `index` into place with its completion record (see `ShardedFolder.writer`)."""
+    return ShardedFolder(directory).writer(index, schema, config_sha256)
+
+
+def write_shard(directory: PathLike, index: int, table: Any, record_extra: dict[str, Any] | None = None,
                 config_sha256: str | None = None) -> dict[str, Any]:
-    """Write a whole in-memory table as shard `index` (atomically, with its completion record)."""
-    root = Path(directory)
-    if config_sha256 is None:
-        run = _read_json(root / RUN_FILE) or {}
-        config_sha256 = run.get("config_sha256", "")
-    with shard_writer(root, index, table.schema, config_sha256) as writer:
-        writer.write(table)
-        writer.extra.update(record_extra or {})
-    return _read_json(_record_path(root, index)) or {}
+    return ShardedFolder(directory).write(index, table, record_extra, config_sha256)
 
 
-def _current_hash(root: Path) -> str | None:
-    run = _read_json(root / RUN_FILE)
-    return run.get("config_sha256") if run else None
-
-
-def completed_shards(directory: str | os.PathLike[str], verify: bool = True,
+def completed_shards(directory: PathLike, verify: bool | None = None,
                      indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
-    """Completion records of finished shards of the current run (`run.json`), by index.
-
-    A record counts when it belongs to the current config and its shard file exists with the recorded size;
-    with `verify`, its SHA-256 must match too (a truncated or altered shard is redone).
-    """
-    root = Path(directory)
-    current = _current_hash(root)
-    found: dict[int, dict[str, Any]] = {}
-    if indices is None:
-        paths = sorted(root.glob(f"part-*.parquet{DONE_SUFFIX}"))
-    else:
-        paths = [_record_path(root, i) for i in indices]
-    for path in paths:
-        record = _read_json(path) if path.exists() else None
-        if not record or record.get("config_sha256") != current:
-            continue
-        shard = root / str(record.get("file", ""))
-        if not shard.is_file() or shard.stat().st_size != record.get("bytes"):
-            continue
-        if verify and sha256_file(shard) != record.get("sha256"):
-            continue
-        found[int(record["index"])] = record
-    return found
+    return ShardedFolder(directory).completed(verify, indices)
 
 
-def finalize_manifest(directory: str | os.PathLike[str], expected_shards: int,
+def finalize_manifest(directory: PathLike, expected_shards: int,
                       extra: dict[str, Any] | Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
                       ) -> dict[str, Any] | None:
-    """Write `DIR/manifest.json` if all `expected_shards` have records; return it, or None if some are missing.
-
-    Shards are checked by size here (each was hashed when written, and again before a rerun skips it).
-    `extra` (a dict, or a function of the ordered records) adds step-specific totals. Shard files beyond
-    `expected_shards` (left by an older run) are removed.
-    """
-    root = Path(directory)
-    records = completed_shards(root, verify=False, indices=list(range(expected_shards)))
-    if len(records) < expected_shards:
-        return None
-    ordered = [records[i] for i in range(expected_shards)]
-    for stale in root.glob("part-*.parquet"):
-        try:
-            index = int(stale.name[len("part-"):-len(".parquet")])
-        except ValueError:
-            continue
-        if index >= expected_shards:
-            stale.unlink(missing_ok=True)
-            _record_path(root, index).unlink(missing_ok=True)
-    run = _read_json(root / RUN_FILE) or {}
-    manifest: dict[str, Any] = {
-        "tool": "ettin-cli",
-        "version": __version__,
-        "config": run.get("config", {}),
-        "config_sha256": run.get("config_sha256"),
-        "shards": [{k: v for k, v in r.items() if k not in ("config_sha256", "index")} for r in ordered],
-        "totals": {"shards": expected_shards, "rows": sum(int(r["rows"]) for r in ordered)},
-    }
-    more = extra(ordered) if callable(extra) else (extra or {})
-    for key, value in more.items():
-        if key == "totals" and isinstance(value, dict):
-            manifest["totals"].update(value)
-        else:
-            manifest[key] = value
-    write_json_atomic(root / MANIFEST_FILE, manifest)
-    return manifest
+    return ShardedFolder(directory).finalize(expected_shards, extra)
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a finished sharded output; a one-line error when the output is incomplete."""
-    root = Path(directory)
-    manifest = _read_json(root / MANIFEST_FILE)
-    if manifest is None:
-        raise EttinError(f"{root}: no {MANIFEST_FILE}: the output is incomplete (rerun the step to finish it)")
-    return manifest
+def read_manifest(directory: PathLike) -> dict[str, Any]:
+    return ShardedFolder(directory).manifest()
 
 
-def shard_paths(directory: str | os.PathLike[str]) -> list[Path]:
-    """The shard files of a finished output, in order, each checked against the manifest's size and SHA-256."""
-    root = Path(directory)
-    manifest = read_manifest(root)
-    paths = []
-    for entry in manifest.get("shards", []):
-        path = root / entry["file"]
-        if not path.is_file():
-            raise EttinError(f"{path}: listed in {MANIFEST_FILE} but missing")
-        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            raise EttinError(f"{path}: does not match the checksum in {MANIFEST_FILE} (file changed or corrupt)")
-        paths.append(path)
-    return paths
+def shard_paths(directory: PathLike, verify: bool | None = None) -> list[Path]:
+    """The finished output's shards in order (size-checked; SHA-256 too with `verify` or ETTIN_VERIFY=1)."""
+    return ShardedFolder(directory).shards(verify)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 
 from ettin_cli.core.errors import EttinError
 
-EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
+EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv",
+              ".tsv": "csv"}
 DEFAULT_BATCH_ROWS = 4096
 JSON_BLOCK_BYTES = 16 << 20  # one JSON line must fit in a block; documents of 8k tokens are ~40 KB
 MAX_REPORTED_ROWS = 10
@@ -146,38 +146,46 @@ class InputSource:
 
 
 def open_input(spec: str | os.PathLike[str], *, config: str | None = None, split: str = "train",
-               revision: str | None = None) -> InputSource:
-    """Open INPUT: a parquet/jsonl/csv file, a directory of them (name order), or a Hub dataset id."""
-    path = Path(spec).expanduser()
+               revision: str | None = None, option: str = "INPUT") -> InputSource:
+    """Open INPUT: a parquet/jsonl/csv file, a directory of them (name order), or a Hub dataset id.
+
+    Local-or-Hub is decided by `core.sources.resolve_source` (a mistyped path fails at once, an offline Hub id
+    within a second); a finished sharded output is read as exactly its shards, in order.
+    """
+    from ettin_cli.core.sources import resolve_source
+
+    source = resolve_source(spec, option=option, offline_hint=f"{option} a local parquet/jsonl/csv file or folder",
+                            repo_type="dataset")
+    if not source.is_local:
+        return InputSource(spec=str(spec), kind="hub", config=config, split=split, revision=revision)
+    path = source.path
+    assert path is not None
     if path.is_file():
         if path.suffix.lower() not in EXTENSIONS:
-            raise EttinError(f"{path}: unsupported input type '{path.suffix}' (use .parquet, .jsonl or .csv)")
+            raise EttinError(f"{path}: unsupported input type '{path.suffix}' (use .parquet, .jsonl, .csv or .tsv)")
         return InputSource(spec=str(spec), kind="files", files=[path])
-    if path.is_dir():
-        from ettin_cli.io import shards
+    files = folder_files(path)
+    source_files = InputSource(spec=str(spec), kind="files", files=files)
+    first = set(source_files.column_names)
+    for other in files[1:]:
+        names = set(_file_schema(other).names)
+        if names != first:
+            raise EttinError(f"{other}: columns {sorted(names)} differ from {files[0].name}'s {sorted(first)}")
+    return source_files
 
-        if (path / shards.MANIFEST_FILE).is_file():
-            # The finished output of a sharded step (mine, score, select, mix): exactly its verified shards.
-            files = shards.shard_paths(path)
-        elif (path / shards.RUN_FILE).is_file():
-            raise EttinError(f"{path}: an unfinished sharded output (no {shards.MANIFEST_FILE} yet): rerun the step "
-                             "that writes it until it completes")
-        else:
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
-                           and not p.name.startswith(".") and not p.name.endswith(shards.DONE_SUFFIX))
-        if not files:
-            raise EttinError(f"{path}: no .parquet, .jsonl or .csv files in this directory")
-        source = InputSource(spec=str(spec), kind="files", files=files)
-        first = set(source.column_names)
-        for other in files[1:]:
-            names = set(_file_schema(other).names)
-            if names != first:
-                raise EttinError(f"{other}: columns {sorted(names)} differ from {files[0].name}'s {sorted(first)}")
-        return source
-    text = str(spec)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix.lower() in EXTENSIONS:
-        raise EttinError(f"{spec}: no such file or directory")
-    return InputSource(spec=text, kind="hub", config=config, split=split, revision=revision)
+
+def folder_files(path: Path) -> list[Path]:
+    """The data files of a folder: a sharded output's verified shards (in order), else its table files by name."""
+    from ettin_cli.io import shards
+
+    if shards.is_sharded_output(path):
+        # The output of a sharded step (mine, score, select, mix): exactly its shards, once it is finished.
+        return shards.shard_paths(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
+                   and not p.name.startswith((".", "_")))
+    if not files:
+        raise EttinError(f"{path}: no .parquet, .jsonl, .csv or .tsv files in this directory")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,19 +288,18 @@ def _sha256(path: Path) -> str:
 
 
 def _parquet_footer_hash(path: Path) -> str:
-    """SHA-256 of a parquet file's size and footer (file metadata)."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        if size < 12:
-            raise EttinError(f"{path}: not a readable parquet file (too short)")
-        fh.seek(size - 8)
-        tail = fh.read(8)
-        if tail[4:] != b"PAR1":
-            raise EttinError(f"{path}: not a readable parquet file (no parquet footer)")
-        meta_len = struct.unpack("<I", tail[:4])[0]
-        fh.seek(max(0, size - 8 - meta_len))
-        footer = fh.read(meta_len)
-    return hashlib.sha256(str(size).encode() + b"\0" + footer).hexdigest()
+    """SHA-256 of a parquet file's size and footer (schema, row groups, offsets, statistics), read by pyarrow."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _arrow_error(path, exc, "not a readable parquet file") from None
+    footer = json.dumps(meta.to_dict(), sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(str(path.stat().st_size).encode() + b"\0" + footer).hexdigest()
 
 
 def _parquet_file(path: Path):
@@ -312,7 +319,7 @@ def _file_schema(path: Path):
     if kind == "parquet":
         return _parquet_file(path).schema_arrow
     reader = _open_json(path) if kind == "json" else _open_csv(path, None)
-    return reader.schema
+    return ids_as_text(reader.schema.empty_table()).schema
 
 
 def _select_schema(schema: Any, columns: list[str]):
@@ -383,15 +390,50 @@ def _iter_json(path: Path, batch_rows: int, columns: list[str] | None, wanted: R
     return _iter_reader(path, _open_json(path), "JSON lines", batch_rows, columns, offset)
 
 
+def is_id_column(name: str) -> bool:
+    """Columns that hold identifiers (`_id`, `query_id`, `doc_id`, `corpus-id`, `qid`, ...): read as text, so
+    `010` stays `010` and matches the same id in qrels or in another file."""
+    lowered = name.strip().lower()
+    return lowered in _ID_NAMES or lowered.endswith(("_id", "-id", " id", ".id"))
+
+
+_ID_NAMES = frozenset({"id", "_id", "qid", "pid", "did", "docid", "queryid", "corpusid", "docno", "qno"})
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    """The header row's names (decoding errors in it are left to the CSV reader, which names the row)."""
+    import csv
+
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise EttinError(f"{path}: not readable ({exc.strerror})") from None
+    return next(csv.reader([first], delimiter=delimiter), [])
+
+
 def _open_csv(path: Path, columns: list[str] | None):
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    convert = pcsv.ConvertOptions(strings_can_be_null=False, include_columns=columns)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    ids = {name: pa.string() for name in _csv_header(path, delimiter) if is_id_column(name)}
+    convert = pcsv.ConvertOptions(strings_can_be_null=False, include_columns=columns, column_types=ids)
     try:
-        return pcsv.open_csv(path, convert_options=convert)
+        return pcsv.open_csv(path, convert_options=convert, parse_options=pcsv.ParseOptions(delimiter=delimiter))
     except (pa.ArrowException, OSError) as exc:
-        raise _arrow_error(path, exc, "not readable as CSV") from None
+        raise _arrow_error(path, exc, f"not readable as {'TSV' if delimiter != ',' else 'CSV'}") from None
+
+
+def ids_as_text(table: Any) -> Any:
+    """Cast numeric id columns (a JSON `"query_id": 10`) to text, so ids compare equal across formats."""
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    for i, field_ in enumerate(table.schema):
+        if is_id_column(field_.name) and (pat.is_integer(field_.type) or pat.is_floating(field_.type)):
+            table = table.set_column(i, pa.field(field_.name, pa.string()), table.column(i).cast(pa.string()))
+    return table
 
 
 def _iter_csv(path: Path, batch_rows: int, columns: list[str] | None, wanted: RowRanges | None,
@@ -415,7 +457,7 @@ def _iter_reader(path: Path, reader: Any, what: str, batch_rows: int, columns: l
             raise _arrow_error(path, exc, f"not readable as {what} after row {offset + start}") from None
         except UnicodeDecodeError:
             raise EttinError(f"{path}: undecodable text (not valid UTF-8) after row {offset + start}") from None
-        table = pa.Table.from_batches([batch])
+        table = ids_as_text(pa.Table.from_batches([batch]))
         if columns is not None:
             table = table.select(columns)
         for piece_start in range(0, table.num_rows, batch_rows):

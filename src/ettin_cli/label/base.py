@@ -37,6 +37,7 @@ class BaseTeacher:
         self.max_length = max_length
         self.revision = revision
         self.stats = ScoreStats()
+        self.on_batch: Any = None  # progress hook: called with the pair count of each finished batch (score's bar)
 
     def describe(self) -> dict[str, Any]:
         """Identity of this teacher for manifests (what produced the labels)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.memory import is_oom, release_device_memory
 
 
 @dataclass
@@ -119,27 +120,6 @@ def _padded_cuts(sorted_lens: np.ndarray, max_tokens: int, batch_size: int | Non
         cuts.append((int(prev[j]), j))
         j = int(prev[j])
     return cuts[::-1]
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Whether an exception is running out of (device or host) memory, which a smaller batch can fix.
-
-    accelerate's `should_reduce_batch_size` knows the messages of every backend (CUDA, XPU, MPS, CPU); a bare
-    `torch.OutOfMemoryError` (whatever its message) and `MemoryError` count too.
-    """
-    import torch
-    from accelerate.utils.memory import should_reduce_batch_size
-
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return should_reduce_batch_size(exc) or "out of memory" in str(exc).lower()
-
-
-def release_device_memory() -> None:
-    """Collect garbage and empty the device cache (accelerate's `release_memory`), before a retry."""
-    from accelerate.utils.memory import release_memory
-
-    release_memory()
 
 
 def run_split(items: list[Any], forward: Callable[[list[Any]], np.ndarray], stats: ScoreStats,

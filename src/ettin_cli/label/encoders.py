@@ -89,6 +89,8 @@ class CrossEncoderTeacher(BaseTeacher):
             self.stats.tokens += int(lengths[idx].sum())
             self.stats.padding_tokens += len(idx) * width - int(lengths[idx].sum())
             self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(idx))
         if enc.encodings is not None:
             # longest_first cuts the longer side first: when the kept query is at least as long as the kept
             # document, the query was cut (too); otherwise only the document was.

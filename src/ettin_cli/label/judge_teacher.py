@@ -169,6 +169,8 @@ class JudgeTeacher(BaseTeacher):
                                 packed=self.packed):
             out[idx] = self._run_split([seqs[i] for i in idx], self._forward)
             self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(idx))
         self.stats.pairs += len(seqs)
         self.stats.truncated_queries += int(trunc_q.sum())
         self.stats.truncated_documents += int(trunc_d.sum())

@@ -7,7 +7,8 @@ The loop is built for ~143M pairs through a 1.5B teacher, where a crash at hour 
 2. Rows are cut into shards of `rows_per_shard` contiguous input rows; shard `i` belongs to rank
    `i % world_size` (torchrun's RANK/WORLD_SIZE, or `--num-shards/--shard-index` for job arrays). No process
    talks to another: each computes the same plan from the same input.
-3. Each rank skips its shards that carry a valid completion record (checksum verified), and scores the rest
+3. Each rank skips its shards that carry a valid completion record (size checked; checksum with --verify),
+   and scores the rest
    in windows of `window_rows` pairs aligned to the shard start, so the batches (and the scores, bit for bit)
    do not depend on which rank, how many ranks, or which attempt scored the shard.
 4. Shards stream into a temp file renamed into place, then get a completion record; the manifest is
@@ -67,6 +68,7 @@ class ScoreJob:
     shard_index: int | None = None
     window_rows: int = DEFAULT_WINDOW_ROWS
     read_rows: int = 4096
+    verify: bool | None = None  # hash finished shards before skipping them (None: ETTIN_VERIFY decides)
 
 
 @dataclass
@@ -100,8 +102,9 @@ def _check_job(job: ScoreJob) -> None:
 
 def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
     """(identity for the run config, a TeacherSpec to load later or the teacher object given)."""
+    from ettin_cli.core.files import local_model_identity
     from ettin_cli.label.judges import builtin_dir
-    from ettin_cli.label.teacher import model_fingerprint, resolve_teacher
+    from ettin_cli.label.teacher import resolve_teacher
 
     if isinstance(job.teacher, (str, Path)):
         spec = resolve_teacher(str(job.teacher), job.teacher_format, device=job.device, dtype=job.dtype,
@@ -115,10 +118,11 @@ def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
         judge = getattr(t, "judge", None)
         handle = t
     identity = {
-        # A Hub teacher is its id at a commit; a local one is its content (so moving the folder is harmless).
+        # A Hub teacher is its id at a commit; a local one is its config plus weight sizes and mtimes (so moving
+        # the folder is harmless, and no run hashes gigabytes of weights before its first pair).
         "teacher": name if revision else None,
         "teacher_revision": revision,
-        "teacher_sha256": None if revision else model_fingerprint(path),
+        "teacher_sha256": None if revision else local_model_identity(path),
         "format": fmt,
         "dtype": dtype,
     }
@@ -131,8 +135,10 @@ def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
 def _load_scan(output: Path, config_sha256: str) -> dict[str, Any] | None:
     import json
 
+    from ettin_cli.io.shards import sidecar_path
+
     try:
-        data = json.loads((output / SCAN_FILE).read_text(encoding="utf-8"))
+        data = json.loads(sidecar_path(output, SCAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data.get("scan") if data.get("config_sha256") == config_sha256 else None
@@ -143,7 +149,7 @@ def _scan_input(job: ScoreJob, source: Any, config_sha256: str) -> dict[str, Any
 
     cached = _load_scan(Path(job.output), config_sha256) if Path(job.output).is_dir() else None
     if cached is not None:
-        logger.debug("input check: reusing %s", job.output / SCAN_FILE)
+        logger.debug("input check: reusing the cached pass in %s", job.output)
         return cached
     known = source.num_rows()
     total = min(job.limit, known) if job.limit and known is not None else (job.limit or known)
@@ -229,7 +235,14 @@ def run_score(job: ScoreJob) -> ScoreResult:
     """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
     import pyarrow as pa
 
-    from ettin_cli.io.shards import check_output, completed_shards, finalize_manifest, prepare_output
+    from ettin_cli.io.shards import (
+        check_output,
+        completed_shards,
+        finalize_manifest,
+        manifest_path,
+        prepare_output,
+        sidecar_path,
+    )
     from ettin_cli.io.tables import open_input
     from ettin_cli.label.teacher import TeacherSpec
 
@@ -273,12 +286,12 @@ def run_score(job: ScoreJob) -> ScoreResult:
                          f"'{job.document_column}' (first input rows, 0-based: {first}); fix them or pass "
                          "--skip-invalid")
     prepare_output(output, config, job.overwrite)
-    write_json_atomic(output / SCAN_FILE, {"config_sha256": config_sha, "scan": scan})
+    write_json_atomic(sidecar_path(output, SCAN_FILE), {"config_sha256": config_sha, "scan": scan})
 
     n_shards = math.ceil(total_rows / job.rows_per_shard)
     ranges = {i: (i * job.rows_per_shard, min((i + 1) * job.rows_per_shard, total_rows)) for i in range(n_shards)}
     mine = [i for i in range(n_shards) if owned(i, rank)]
-    done = completed_shards(output, verify=True, indices=mine)
+    done = completed_shards(output, verify=job.verify, indices=mine)
     todo = [i for i in mine if i not in done]
     if done:
         logger.info("resuming: %d of this worker's %d shards already finished and verified", len(done), len(mine))
@@ -325,7 +338,7 @@ def run_score(job: ScoreJob) -> ScoreResult:
         logger.info("this worker's shards are done; the manifest is written once every shard is finished")
     else:
         logger.info("wrote %d shards (%s rows) and %s", n_shards, f"{manifest['totals']['rows']:,}",
-                    output / "manifest.json")
+                    manifest_path(output))
     return ScoreResult(rank=rank, shards_total=n_shards, shards_owned=mine, shards_skipped=sorted(done),
                        shards_scored=todo, rows_scored=rows_scored, manifest=manifest,
                        seconds=time.perf_counter() - began)
@@ -360,10 +373,19 @@ def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tu
                     first_skipped.extend(bad[: max(0, 10 - len(first_skipped))])
             queries = text_column(window, job.query_column, first_row, job.input).to_pylist()
             documents = text_column(window, job.document_column, first_row, job.input).to_pylist()
-            scores = teacher.score(queries, documents, batch_size=job.batch_size,
-                                   max_tokens_per_batch=job.max_tokens_per_batch)
+            # The bar moves per batch when the teacher reports batches (`on_batch`), else per window: a shard
+            # of 100,000 pairs on a 1.5B teacher is many minutes, far too long between updates.
+            target = bar.done + window_rows
+            if hasattr(teacher, "on_batch"):
+                teacher.on_batch = bar.advance
+            try:
+                scores = teacher.score(queries, documents, batch_size=job.batch_size,
+                                       max_tokens_per_batch=job.max_tokens_per_batch)
+            finally:
+                if hasattr(teacher, "on_batch"):
+                    teacher.on_batch = None
             writer.write(window.append_column(schema.field(job.score_column), pa.array(scores, type=pa.float32())))
-            bar.advance(window_rows)
+            bar.advance_to(target)
         if seen != rows[1] - rows[0]:
             raise EttinError(f"{job.input}: shard {index} expected input rows {rows[0]}-{rows[1] - 1} but read "
                              f"{seen}; did the input change during the run?")

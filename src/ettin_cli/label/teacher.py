@@ -16,7 +16,6 @@ written and before the model could score with a newly initialised head.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +74,13 @@ def resolve_model_path(model: str, revision: str | None = None) -> tuple[Path, s
     A Hub id is fetched with `huggingface_hub.snapshot_download` (cached; weights in safetensors only), so the
     manifest can record the exact revision that produced the labels.
     """
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
+    from ettin_cli.core.sources import resolve_source
+
+    source = resolve_source(model, option="--teacher", offline_hint="--teacher DIR (a local model folder)")
+    if source.path is not None:
+        if not source.path.is_dir():
             raise EttinError(f"--teacher {model}: is a file; expected a model folder or a Hub id")
-        return path, None
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise EttinError(f"--teacher {model}: no such folder (and not a Hugging Face Hub id like org/name)")
+        return source.path, None
     from huggingface_hub import HfApi, snapshot_download
 
     ignore = list(_HUB_IGNORE)
@@ -133,23 +131,6 @@ def detect_judge(path: Path) -> str:
             return name
     raise EttinError(f"--teacher {path}: a causal LM ({', '.join(arch)}) that matches no built-in judge format "
                      f"({', '.join(builtin_names())}); pass --teacher-format NAME or path/to/format.yaml")
-
-
-def model_fingerprint(path: str | os.PathLike[str]) -> str:
-    """SHA-256 over every file of a model folder (relative names and contents), for the manifest.
-
-    Two folders with the same fingerprint hold byte-identical models, so labels are traceable to the exact
-    teacher even when it is a local folder without a Hub revision.
-    """
-    from ettin_cli.core.files import sha256_file
-
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
-                                                                               p.relative_to(root).parts)):
-        digest.update(str(file.relative_to(root)).encode("utf-8") + b"\0")
-        digest.update(sha256_file(file).encode("ascii") + b"\n")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ are timed through the same `.score()` the rest of the pipeline uses (length-sort
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import statistics
@@ -27,6 +26,7 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.memory import is_oom, release_device_memory
 
 DEFAULT_DATA = "nanobeir:nq"  # natural-questions pairs, as in the published throughput table
 PADDINGS = ("auto", "padded", "unpadded", "both")
@@ -262,11 +262,7 @@ def _sync(device: str) -> None:
 
 
 def _release(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
+    release_device_memory()
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -288,15 +284,6 @@ def set_unpadded(scorer: Any, unpadded: bool) -> bool:
         return False
     module.unpad_inputs = bool(unpadded)
     return bool(getattr(module, "can_flatten_inputs", False))
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text
 
 
 def _timed_score(scorer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, device: str) -> float:
@@ -333,7 +320,7 @@ def find_batch_size(scorer: Any, pairs: Sequence[tuple[str, str]], device: str, 
             _timed_score(scorer, pairs[:bs], bs, device)  # warm-up at this shape
             seconds = _timed_score(scorer, pairs[:n], bs, device)
         except (RuntimeError, MemoryError, EttinError) as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             _release(device)
             probes.append({"batch_size": bs, "status": "out of memory"})

@@ -27,6 +27,7 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.memory import release_device_memory
 from ettin_cli.io.beir import BeirDataset, load_beir
 from ettin_cli.measure.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
 
@@ -133,7 +134,7 @@ def rerank(score_fn: ScoreFn, dataset: BeirDataset, candidates: SearchResults, t
                 raise EttinError(f"{description}: the model returned NaN or infinite scores on {dataset.name}")
             for (qid, did), score in zip(keys[start:stop], scores.tolist(), strict=True):
                 run[qid][did] = score
-            bar.advance(stop - start)
+            bar.advance_to(stop)  # a scorer may already have advanced it batch by batch (`advance_active`)
     return run
 
 
@@ -399,16 +400,6 @@ def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
         raise EttinError(f"MODEL {model}: {reason}") from None
 
 
-def _release_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
     """One score format per model from `--format` given once (for all models) or once per model, in order."""
     from ettin_cli.label.teacher import check_format_name
@@ -495,6 +486,8 @@ def compare_models(
                               instruction=instruction if is_judge_format(fmt) else None, option="--format")
 
         def score_fn(queries: list[str], documents: list[str], _scorer: Any = scorer) -> Any:
+            if hasattr(_scorer, "on_batch"):  # move the evaluation's bar per batch, not per chunk
+                _scorer.on_batch = console.advance_active
             return _scorer.score(queries, documents, batch_size=batch_size)
 
         runs = {}
@@ -505,7 +498,7 @@ def compare_models(
                         **result})
         all_runs[label] = runs
         del scorer, score_fn
-        _release_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
+        release_device_memory()  # the next model (a 1.5B teacher, say) should not share the GPU with this one
     if reference is not None:
         ref_label = labels[reference - 1]
         for entry in entries[1:]:

@@ -13,7 +13,6 @@ Both return `dict[query_id, list[(doc_id, score)]]`, best first, ties broken by 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,19 +90,91 @@ def bm25_search(
     return results
 
 
+class RunningTopK:
+    """Per query, the best `k` (score, corpus position) seen so far, merged chunk by chunk; ties go to the earlier
+    document. The one running top-k of the project: dense search merges each corpus chunk into it, mining merges
+    each chunk's search results.
+
+    Held as a (queries x k) matrix, so a merge is two stable sorts over all queries at once; position -1 marks an
+    empty slot (fewer than k documents seen so far).
+    """
+
+    def __init__(self, query_ids: list[str], k: int) -> None:
+        import numpy as np
+
+        self.query_ids = list(query_ids)
+        self.k = k
+        self._row = {q: i for i, q in enumerate(self.query_ids)}
+        self._scores = np.full((len(self.query_ids), 0), -np.inf)
+        self._positions = np.full((len(self.query_ids), 0), -1, dtype=np.int64)
+        self._views: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def merge_rows(self, scores: Any, positions: Any) -> None:
+        """Merge a (queries x m) block of scores and their corpus positions (-1: no document) into the top-k."""
+        import numpy as np
+
+        s = np.concatenate([self._scores, np.asarray(scores, dtype=np.float64)], axis=1)
+        p = np.concatenate([self._positions, np.asarray(positions, dtype=np.int64)], axis=1)
+        s = np.where(p < 0, -np.inf, s)
+        by_position = np.argsort(np.where(p < 0, np.iinfo(np.int64).max, p), axis=1, kind="stable")
+        s, p = np.take_along_axis(s, by_position, 1), np.take_along_axis(p, by_position, 1)
+        by_score = np.argsort(-s, axis=1, kind="stable")[:, : self.k]
+        self._scores, self._positions = np.take_along_axis(s, by_score, 1), np.take_along_axis(p, by_score, 1)
+        self._views = None
+
+    def merge(self, qid: str, scores: Any, positions: Any) -> None:
+        """Merge one query's hits (scores and corpus positions)."""
+        self.merge_hits({qid: (scores, positions)})
+
+    def merge_hits(self, hits: Mapping[str, tuple[Any, Any]]) -> None:
+        """Merge per-query hits of varying length: `{qid: (scores, positions)}`; other queries are untouched."""
+        import numpy as np
+
+        width = max((len(s) for s, _ in hits.values()), default=0)
+        if width == 0:
+            return
+        scores = np.full((len(self.query_ids), width), -np.inf)
+        positions = np.full((len(self.query_ids), width), -1, dtype=np.int64)
+        for qid, (s, p) in hits.items():
+            row = self._row[qid]
+            scores[row, : len(s)] = s
+            positions[row, : len(p)] = p
+        self.merge_rows(scores, positions)
+
+    def _build_views(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self._views is None:
+            keep = self._positions >= 0
+            self._views = ({q: self._scores[i][keep[i]] for i, q in enumerate(self.query_ids)},
+                           {q: self._positions[i][keep[i]] for i, q in enumerate(self.query_ids)})
+        return self._views
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """qid -> the kept scores, best first."""
+        return self._build_views()[0]
+
+    @property
+    def positions(self) -> dict[str, Any]:
+        """qid -> the kept corpus positions, in the order of `scores`."""
+        return self._build_views()[1]
+
+    def referenced(self) -> set[int]:
+        """Every corpus position still in some query's top-k (the documents whose text must be kept)."""
+        return {int(p) for p in self._positions[self._positions >= 0].ravel()}
+
+
 def load_bi_encoder(model: Any, device: str | None = None) -> Any:
     """A SentenceTransformer from an instance, a local folder or a Hub id (one-line error when it cannot load)."""
     from sentence_transformers import SentenceTransformer
 
     if isinstance(model, SentenceTransformer):
         return model
+    from ettin_cli.core.sources import resolve_source
+
     name = str(model)
-    if os.path.isfile(name):
+    source = resolve_source(name, option="--retriever", offline_hint="--retriever DIR (a local model folder)")
+    if source.path is not None and not source.path.is_dir():
         raise EttinError(f"retriever '{name}': a file, not a model folder")
-    if not os.path.isdir(name) and name.startswith((".", "/", "~")):
-        raise EttinError(f"retriever '{name}': model folder not found")
-    if not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise EttinError(f"retriever '{name}': not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1)")
     try:
         return SentenceTransformer(name, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is a user-fixable bad model name/path
@@ -139,29 +210,19 @@ def dense_search(
     k = min(top_k, len(doc_ids))
     q_emb = st.encode_query([queries[q] for q in query_ids], batch_size=batch_size, convert_to_tensor=True,
                             show_progress_bar=False).float()
-    best_scores = torch.full((len(query_ids), 0), float("-inf"), device=q_emb.device)
-    best_index = torch.zeros((len(query_ids), 0), dtype=torch.long, device=q_emb.device)
+    running = RunningTopK(query_ids, k)
     with console.progress(len(doc_ids), "Dense search: encoding corpus", unit="docs") as bar:
         for start in range(0, len(doc_ids), chunk_size):
             chunk = doc_ids[start:start + chunk_size]
             d_emb = st.encode_document([corpus[d] for d in chunk], batch_size=batch_size, convert_to_tensor=True,
                                        show_progress_bar=False).float().to(q_emb.device)
             scores = st.similarity(q_emb, d_emb).float()
-            top = torch.topk(scores, k=min(k, len(chunk)), dim=1)
-            merged_scores = torch.cat([best_scores, top.values], dim=1)
-            merged_index = torch.cat([best_index, top.indices + start], dim=1)
-            keep = torch.topk(merged_scores, k=min(k, merged_scores.shape[1]), dim=1)
-            best_scores = keep.values
-            best_index = torch.gather(merged_index, 1, keep.indices)
+            top = torch.topk(scores, k=min(k, len(chunk)), dim=1)  # on the device: only k per query leave it
+            running.merge_rows(top.values.cpu().numpy(), (top.indices + start).cpu().numpy())
             bar.advance(len(chunk))
-    results: SearchResults = {}
-    scores_np = best_scores.cpu().numpy()
-    index_np = best_index.cpu().numpy()
-    for row, qid in enumerate(query_ids):
-        # Re-sort on (-score, corpus position) so ties come out in corpus order whatever topk returned.
-        pairs = sorted(zip(scores_np[row].tolist(), index_np[row].tolist(), strict=True), key=lambda p: (-p[0], p[1]))
-        results[qid] = [(doc_ids[i], float(s)) for s, i in pairs]
-    return results
+    return {qid: [(doc_ids[int(i)], float(s)) for s, i in zip(running.scores[qid], running.positions[qid],
+                                                              strict=True)]
+            for qid in query_ids}
 
 
 # Kept for callers written against the first draft (mining.py).

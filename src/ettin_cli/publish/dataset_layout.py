@@ -8,7 +8,7 @@ held-out rows in a `validation/` folder, so a push rewrites both:
 
 - each shard becomes `CONFIG/SPLIT-0000i-of-0000n.parquet` holding `query`, `document` and `label` =
   `score` cast to float32 (the layout `datasets.push_to_hub` writes), staged beside its source in
-  `DIR/.release/` (reused by a rerun when the source shard is unchanged, so identical bytes are not sent twice);
+  `DIR/.ettin/release/` (reused by a rerun when the source shard is unchanged, so identical bytes are not sent twice);
 - `validation=DIR` (the mix's reserved name) becomes the `validation` split of the recipe's validation source
   (`mix.validation.source` in recipes/data.yaml: quora); `CONFIG:SPLIT=DIR` names any split explicitly;
 - the card's YAML lists each config's splits, so `load_dataset(repo, "quora", split="validation")` and
@@ -28,10 +28,11 @@ from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.errors import EttinError
+from ettin_cli.io import shards
 
 SPLITS = ("train", "validation")
 COLUMNS = ("query", "document", "label")
-STAGING = ".release"
+STAGING = ".ettin/release"  # beside the other sidecars, out of the way of parquet readers
 VALIDATION = "validation"
 MAX_SHOWN = 5
 
@@ -111,7 +112,7 @@ def check_labels(data: SplitData) -> None:
 
 
 def stage(data: SplitData) -> list[Path]:
-    """The release-layout files of one split, written (atomically) to `DIR/.release/` unless already there."""
+    """The release-layout files of one split, written (atomically) to `DIR/.ettin/release/` unless already there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -231,7 +232,7 @@ def plan_dataset_push(data_dirs: list[str | Path], repo_id: str, *, license: str
         data.staged = stage(data)
         for path in data.staged:
             files.append(hub.PlannedFile(f"{data.config}/{path.name}", path.stat().st_size, source=path))
-        manifest = data.folder / "manifest.json"
+        manifest = shards.manifest_path(data.folder)
         files.append(hub.PlannedFile(f"provenance/{data.config}/{data.split}.manifest.json",
                                      manifest.stat().st_size, source=manifest))
     card = render_card(repo_id, splits, license)

@@ -35,6 +35,7 @@ from ettin_cli.core.errors import EttinError
 REPO_TYPES = ("model", "dataset")
 DEFAULT_LICENSE = "apache-2.0"
 TRAINING_RECORD = "ettin_training.json"
+TRAINING_ARGS = "training_args.bin"
 CARD_NAME = "README.md"
 SMOKE_PAIR = ("what does a reranker do?", "A reranker scores each query and document pair for relevance.")
 # Statuses worth another try: the Hub or its storage was briefly unavailable or rate-limited us.
@@ -42,7 +43,6 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 UPLOAD_BATCH_FILES = 64
 UPLOAD_BATCH_BYTES = 512 * 1024 * 1024
 
-_REPO_ID = re.compile(r"^(?P<ns>[A-Za-z0-9][A-Za-z0-9_.-]*)/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
 _CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
@@ -51,18 +51,20 @@ T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------- small checks
 def validate_repo_id(repo_id: str) -> str:
-    """`ORG/NAME` as the Hub accepts it; anything else is a one-line error before any network call."""
+    """`ORG/NAME` as the Hub accepts it (huggingface_hub's own validator); anything else is a one-line error
+    before any network call. A bare NAME is refused too: a push must say which namespace it writes to."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate
+
     repo_id = (repo_id or "").strip()
-    match = _REPO_ID.match(repo_id)
     problem = None
-    if match is None:
+    if repo_id.count("/") != 1:
         problem = "expected ORG/NAME (letters, digits, '-', '_', '.'; one '/')"
-    elif "--" in repo_id or ".." in repo_id:
-        problem = "'--' and '..' are not allowed"
-    elif repo_id.endswith(".git"):
-        problem = "it must not end with .git"
-    elif len(match["name"]) > 96:
-        problem = "the name is longer than 96 characters"
+    else:
+        try:
+            hub_validate(repo_id)
+        except HFValidationError as exc:
+            problem = str(exc).splitlines()[0].rstrip(".")
     if problem:
         raise EttinError(f"--repo-id '{repo_id}': not a valid Hub repo id ({problem})")
     return repo_id
@@ -259,7 +261,8 @@ def _render_card(info: dict[str, Any], repo_id: str | None, folder: Path) -> byt
 
 
 def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool = False,
-                    commit_message: str | None = None, check: bool = True) -> UploadPlan:
+                    commit_message: str | None = None, check: bool = True,
+                    include_training_args: bool = False) -> UploadPlan:
     """Validate a trained model folder and list what its push uploads.
 
     The folder's own README.md is the card unless `replace_card`; without one (or with `replace_card`) the card
@@ -309,8 +312,13 @@ def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool =
         parameters = check_model(folder)
         logger.info(f"{folder}: loads as a CrossEncoder ({parameters:,} parameters) and scores a smoke pair")
 
+    # training_args.bin is a pickle of the trainer's arguments (local paths, the run's settings): useless to
+    # users of the model and unsafe to unpickle, so it stays home unless asked for.
+    skipped = [p for p in files if p.name == TRAINING_ARGS and not include_training_args]
+    if skipped:
+        logger.info(f"{folder}: not uploading {TRAINING_ARGS} (pass --include-training-args to upload it)")
     planned = [PlannedFile(p.relative_to(folder).as_posix(), p.stat().st_size, source=p)
-               for p in files if p != existing]
+               for p in files if p != existing and p not in skipped]
     planned.append(PlannedFile(CARD_NAME, len(card_bytes), content=card_bytes, note=note))
     planned.sort(key=lambda f: f.path_in_repo)
     size = (info or {}).get("size")
@@ -361,30 +369,16 @@ def _teacher_of(*records: Any, depth: int = 0) -> str | None:
     return _teacher_of(*nested, depth=depth + 1) if nested and depth < 3 else None
 
 
-def _manifest_shards(manifest: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise EttinError(f"{path}: the manifest lists no shards (is the `ettin score` run finished?)")
-    for i, entry in enumerate(shards):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not isinstance(entry.get("sha256"), str):
-            raise EttinError(f"{path}: shard entry {i} needs a 'file' and a 'sha256'")
-        if Path(name).name != name or not name.endswith(".parquet"):
-            raise EttinError(f"{path}: shard entry {i} names '{name}', expected a parquet file in the directory")
-    return shards
-
-
 def verify_score_dir(spec: str | Path) -> ScoreDir:
     """Check an `ettin score` output against its manifest: every shard present, size, sha256 and rows equal.
 
-    The manifest is read through `shards.read_manifest` (the sharded-output contract). The checksums are
-    recomputed from the bytes, as `shards.shard_paths` does, but shard by shard under a progress bar, since a
+    The one sharded-folder reader (`shards.ShardedFolder.shards`) does the checks, here with the full SHA-256
+    pass (a push is where the bytes must be exactly those scored), shard by shard under a progress bar since a
     full dataset is many GB; each shard's row count comes from its parquet footer. All shards must share one
     schema with a `score` column, or the subset would not load as one config.
     """
     import pyarrow.parquet as pq
 
-    from ettin_cli.core.files import sha256_file
     from ettin_cli.io import shards as sharding
 
     config, folder = _split_config(spec)
@@ -393,45 +387,35 @@ def verify_score_dir(spec: str | Path) -> ScoreDir:
                          "name it explicitly with NAME=DIR")
     if not folder.is_dir():
         raise EttinError(f"{folder}: not a directory (expected an `ettin score` output directory)")
-    manifest_path = folder / sharding.MANIFEST_FILE
+    output = sharding.open_folder(folder)
+    manifest_path = sharding.manifest_path(folder)
     if not manifest_path.is_file():
         raise EttinError(f"{manifest_path}: not found (is the `ettin score` run finished? its manifest is "
                          "written once every shard is done)")
-    manifest = sharding.read_manifest(folder)
-    entries = _manifest_shards(manifest, manifest_path)
-
-    paths = [folder / e["file"] for e in entries]
-    for path, entry in zip(paths, entries, strict=True):
-        if not path.is_file():
-            raise EttinError(f"{path}: listed in {manifest_path} but missing")
-        if isinstance(entry.get("bytes"), int) and path.stat().st_size != entry["bytes"]:
-            raise EttinError(f"{path}: {path.stat().st_size} bytes, {manifest_path.name} says {entry['bytes']} "
-                             "(the shard changed after scoring)")
+    manifest = output.manifest()
+    entries = manifest.get("shards") or []
+    total_kb = sum(_kib(int(e.get("bytes") or 0)) for e in entries if isinstance(e, dict))
+    with progress(total_kb, f"verify {config}", unit="kB") as bar:
+        paths = output.shards(verify=True, progress=lambda n: bar.advance(_kib(n)))
     sizes = [p.stat().st_size for p in paths]
     rows = 0
     schema = None
-    with progress(sum(_kib(n) for n in sizes), f"verify {config}", unit="kB") as bar:
-        for entry, path, size in zip(entries, paths, sizes, strict=True):
-            digest = sha256_file(path)
-            if digest != entry["sha256"]:
-                raise EttinError(f"{path}: sha256 {digest[:12]}... does not match {manifest_path.name} "
-                                 f"({entry['sha256'][:12]}...): the shard changed after scoring")
-            try:
-                meta = pq.read_metadata(path)
-            except Exception as exc:
-                raise EttinError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-            if isinstance(entry.get("rows"), int) and meta.num_rows != entry["rows"]:
-                raise EttinError(f"{path}: {meta.num_rows} rows, {manifest_path.name} says {entry['rows']}")
-            this = meta.schema.to_arrow_schema().remove_metadata()
-            if schema is None:
-                schema = this
-                if "score" not in schema.names:
-                    raise EttinError(f"{path}: no 'score' column (columns: {', '.join(schema.names)})")
-            elif not this.equals(schema):
-                raise EttinError(f"{path}: its columns differ from {paths[0].name} "
-                                 f"({', '.join(this.names)} vs {', '.join(schema.names)})")
-            rows += meta.num_rows
-            bar.advance(_kib(size))
+    for entry, path in zip(entries, paths, strict=True):
+        try:
+            meta = pq.read_metadata(path)
+        except Exception as exc:
+            raise EttinError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+        if isinstance(entry.get("rows"), int) and meta.num_rows != entry["rows"]:
+            raise EttinError(f"{path}: {meta.num_rows} rows, {manifest_path.name} says {entry['rows']}")
+        this = meta.schema.to_arrow_schema().remove_metadata()
+        if schema is None:
+            schema = this
+            if "score" not in schema.names:
+                raise EttinError(f"{path}: no 'score' column (columns: {', '.join(schema.names)})")
+        elif not this.equals(schema):
+            raise EttinError(f"{path}: its columns differ from {paths[0].name} "
+                             f"({', '.join(this.names)} vs {', '.join(schema.names)})")
+        rows += meta.num_rows
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
     total = totals.get("rows")
     if isinstance(total, int) and total != rows:

@@ -65,21 +65,73 @@ def _cell(value: Any) -> str:
 
 
 def _front_matter(info: dict[str, Any]) -> str:
-    import yaml
+    """The YAML header through huggingface_hub's `ModelCardData` (the Hub's own schema for model cards)."""
+    from huggingface_hub import ModelCardData
 
-    meta: dict[str, Any] = {"license": LICENSE, "language": ["en"], "library_name": "sentence-transformers",
-                            "pipeline_tag": "text-ranking"}
     tags = [*BASE_TAGS, info.get("backbone_type") or "modernbert"]
     if info.get("size"):
         tags.append(f"ettin-{info['size']}")
-    meta["tags"] = tags
-    if is_hub_id(info.get("base_model")):
-        meta["base_model"] = info["base_model"]
+    base = hub_id_of(info.get("base_model"))
     datasets = [d.get("source") for d in info.get("data") or [] if isinstance(d, dict)]
     datasets = [d for d in datasets if d and is_hub_id(d) and not d.endswith((".parquet", ".jsonl", ".json"))]
-    if datasets:
-        meta["datasets"] = datasets
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+    import yaml
+
+    meta = ModelCardData(license=LICENSE, language=["en"], library_name="sentence-transformers",
+                         pipeline_tag="text-ranking", tags=tags, base_model=base, datasets=datasets or None)
+    fields = meta.to_dict()
+    # The Hub's field names and validation, in the order a reader expects (license first).
+    order = ["license", "language", "library_name", "pipeline_tag", "tags", "base_model", "datasets"]
+    ordered = {k: fields[k] for k in order if fields.get(k) is not None}
+    ordered.update({k: v for k, v in fields.items() if k not in ordered and v is not None})
+    return "---\n" + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def hub_id_of(name: str | None) -> str | None:
+    """The Hub id behind a model reference: the id itself, a Hub cache snapshot's `models--ORG--NAME`, or the
+    `_name_or_path` a local folder's config.json records; None when it cannot be known."""
+    if not name or not isinstance(name, str):
+        return None
+    if is_hub_id(name):
+        return name
+    for part in Path(name).parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            candidate = "/".join(part[len("models--"):].split("--", 1))
+            if _HUB_ID.match(candidate):
+                return candidate
+    config = Path(name) / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            recorded = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and _HUB_ID.match(recorded) and not Path(recorded).exists():
+            return recorded
+    return None
+
+
+def _ref(name: str) -> str:
+    """A model reference in prose: a Hub id links to its page; a local path is plain text (a link to a path on
+    the training machine would be dead for every reader), followed by its Hub id when that is known."""
+    if is_hub_id(name):
+        return f"[`{name}`](https://huggingface.co/{name})"
+    known = hub_id_of(name)
+    if known:
+        return f"`{known}` (local copy at {_cell(name)})"
+    return f"`{_cell(name)}` (a local folder)"
+
+
+def _title_size(info: dict[str, Any]) -> str:
+    """The size in the title: the recipe's size (also for a custom recipe), else the parameter count."""
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    hyper = info.get("hyperparameters") if isinstance(info.get("hyperparameters"), dict) else {}
+    size = info.get("size") or recipe.get("size") or hyper.get("size")
+    if size:
+        return str(size)
+    if info.get("parameters"):
+        return _human_count(info["parameters"]).lower()
+    return "custom"
 
 
 def _metrics_table(metrics: dict[str, Any], metric_label: str) -> list[str]:
@@ -104,7 +156,7 @@ def render_model_card(info: dict[str, Any]) -> str:
     """The full README.md (front matter + markdown) for the model described by `info`."""
     if not isinstance(info, dict) or not info.get("base_model"):
         raise EttinError("model card: the training record has no 'base_model' (is this an ettin_training.json?)")
-    size = info.get("size") or "custom"
+    size = _title_size(info)
     model_id = info.get("model_id") or "path/to/final"
     teacher = info.get("teacher") or DEFAULT_TEACHER
     base = info["base_model"]
@@ -119,14 +171,14 @@ def render_model_card(info: dict[str, Any]) -> str:
     out: list[str] = [_front_matter(info)]
     mxbai = info.get("teacher_format") == "mxbai-v2" or "mxbai-rerank" in teacher
     scale = "roughly -12 to 22; higher means more relevant" if mxbai else "higher means more relevant"
-    target = 'raw logit `logit("1") - logit("0")`' if mxbai else "its raw score"
+    target = 'raw logit `logit("1") - logit("0")`' if mxbai else "raw score"
     backbone_type = info.get("backbone_type") or "modernbert"
     encoder = "ModernBERT (Ettin) encoder" if backbone_type == "modernbert" else f"{backbone_type} encoder"
     out.append(f"# Ettin reranker {size}\n")
     out.append(
         f"A pointwise cross-encoder reranker: one (query, document) pair in, one relevance score out. It was "
-        f"distilled from the teacher [`{teacher}`]({_link(teacher)}) into the {encoder} "
-        f"[`{base}`]({_link(base)}) by mean squared error on the teacher's raw scores, so its score is on the "
+        f"distilled from the teacher {_ref(teacher)} into the {encoder} "
+        f"{_ref(base)} by mean squared error on the teacher's raw scores, so its score is on the "
         f"teacher's scale ({scale}) and needs no calibration. Use it to "
         f"re-order the top-{top_k} candidates of a first-stage retriever (BM25 or an embedding model).\n")
 
@@ -207,7 +259,3 @@ def render_model_card(info: dict[str, Any]) -> str:
     else:
         out.append("No evaluation was recorded for this model.\n")
     return "\n".join(out).rstrip() + "\n"
-
-
-def _link(name: str) -> str:
-    return f"https://huggingface.co/{name}" if is_hub_id(name) else name

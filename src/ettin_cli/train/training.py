@@ -428,11 +428,11 @@ def _first_line(exc: BaseException) -> str:
 def _source_kind(source: str) -> str:
     path = Path(source)
     if path.is_dir():
-        if (path / "manifest.json").is_file():
+        from ettin_cli.io import shards
+
+        if shards.is_sharded_output(path):
+            shards.read_manifest(path)  # one line when the step that writes this folder has not finished
             return "score-dir"
-        if any(path.glob("part-*.parquet")):
-            raise EttinError(f"{source}: no manifest.json: the `ettin score` run that writes this folder has not "
-                             "finished (rerun it to complete the missing shards)")
         if (path / "README.md").is_file() or (path / "dataset_infos.json").is_file():
             return "dataset-dir"
         if any(path.rglob("*.parquet")) or any(path.rglob("*.jsonl")):
@@ -623,14 +623,14 @@ def _score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
     An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
     that folder as `input`, which is followed back (a few steps at most).
     """
-    from ettin_cli.io.shards import read_manifest
+    from ettin_cli.io.shards import is_finished, read_manifest
 
     manifest = read_manifest(source)
     config = manifest.get("config") or {}
     teacher = manifest.get("teacher") or config.get("teacher") or (
         f"local model sha256:{config['teacher_sha256'][:12]}" if config.get("teacher_sha256") else None)
     upstream = config.get("input")
-    if not teacher and depth < 4 and isinstance(upstream, str) and (Path(upstream) / "manifest.json").is_file():
+    if not teacher and depth < 4 and isinstance(upstream, str) and is_finished(upstream):
         return _score_dir_teacher(upstream, depth + 1)
     fmt = manifest.get("format") or config.get("format")
     return {k: v for k, v in {"teacher": teacher, "teacher_format": fmt}.items() if v}
