@@ -167,6 +167,7 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
                            else _recipe_value(recipe, "model", "max_length", where))
     if max_length < 8:
         raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
+    from ettin_cli.train.losses import resolve_loss
     from ettin_cli.train.student import HEAD_INITS, POOLING_MODES
 
     for key, allowed in (("pooling", POOLING_MODES), ("head_init", HEAD_INITS)):
@@ -256,7 +257,7 @@ def resolve_config(req: TrainRequest, *, world_size: int | None = None, device: 
         "max_steps": max_steps,
         "warmup_ratio": float(train.get("warmup_ratio", 0.03)),
         "lr_scheduler_type": str(train.get("lr_scheduler_type", "linear")),
-        "loss": "mse on raw teacher scores",
+        "loss": resolve_loss(train, where),  # issue #18: training.loss (mse default), see train/losses.py
         "precision": {"device": device, "dtype": prec.dtype, "attn": prec.attn, "unpadded": prec.unpadded,
                       "recipe": f"{str(train.get('precision', 'bf16'))} + {wanted_attn}"},
         "cadence": cadence,
@@ -990,11 +991,11 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
     `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
     import torch
-    from sentence_transformers.cross_encoder.losses import MSELoss
     from transformers import PrinterCallback, ProgressCallback
 
     from ettin_cli.core.distributed import current_rank
     from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.losses import prepare_loss
     from ettin_cli.train.student import build_student, check_unpadding, count_parameters, init_head
 
     rank = current_rank()
@@ -1057,8 +1058,9 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
         logger.info(f"resuming from {resume_from.name}")
     meter = TokenMeter(model)
 
+    loss, train_ds, eval_ds = prepare_loss(config.get("loss", "mse"), model, train_ds, eval_ds, args)  # issue #18
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               loss=MSELoss(model), evaluator=evaluator,
+                               loss=loss, evaluator=evaluator,
                                callbacks=[*_callbacks(config, meter), *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -1099,7 +1101,7 @@ def run_training(config: dict[str, Any], *, callbacks: list | None = None) -> di
             "seed": config["seed"],
             "precision": f"{prec.dtype} + {prec.attn}" + (" (unpadded)" if prec.unpadded else ""),
             "max_length": config["max_length"],
-            "loss": "MSE on raw teacher scores",
+            "loss": config.get("loss", "mse"),  # issue #18
             "pooling": config.get("pooling", "cls"),
             "head_init": config.get("head_init", "default"),
         },

