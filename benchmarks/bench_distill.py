@@ -147,13 +147,13 @@ def main() -> None:
     t0 = time.perf_counter()
 
     train_dir, heldout_dir, n_train = split_cranfield(args.cranfield, out / "data", args.heldout)
-    if not (out / "scored" / "manifest.json").is_file():
+    if not (out / "scored" / ".ettin" / "manifest.json").is_file():
         ettin("mine", "--corpus", str(train_dir), "--split", "test", "--top-k", "32", "--no-add-positives",
               "--output", str(out / "mined"), "--overwrite", log=log)
         ettin("score", str(out / "mined"), "--teacher", teacher, "--teacher-format", "bi-encoder",
               "--output", str(out / "scored"), "--overwrite", log=log)
     data = {"q-all-16": out / "selected", "q-half-32": out / "half32.parquet"}
-    if not (out / "selected" / "manifest.json").is_file():
+    if not (out / "selected" / ".ettin" / "manifest.json").is_file():
         ettin("select", str(out / "scored"), "--output", str(out / "selected"), "--keep", "32", "--hard", "4",
               "--head", "8", "--band-count", "8", "--band", "8:32", "--overwrite", log=log)
     half_rows = half_queries_all_candidates(out / "scored", data["q-half-32"])
