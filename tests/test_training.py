@@ -20,18 +20,11 @@ from conftest import REPO_ROOT, make_pairs, run_cli
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io.beir import BeirDataset
-from ettin_cli.train.training import (
-    CHECKPOINT_RECORD,
-    TrainRequest,
-    _training_args,
-    bind_output_dir,
-    checkpoint_problem,
-    load_pairs,
-    make_nanobeir_evaluator,
-    resolve_config,
-    run_training,
-    training_arguments,
-)
+from ettin_cli.train.checkpoints import CHECKPOINT_RECORD, bind_output_dir, checkpoint_problem
+from ettin_cli.train.config import TrainConfig, resolve_config
+from ettin_cli.train.data import load_pairs
+from ettin_cli.train.evaluators import make_nanobeir_evaluator
+from ettin_cli.train.run import run_training
 
 RECIPE_MD = REPO_ROOT.parent / "shared" / "RECIPE.md"
 SIZES = ["17m", "32m", "68m", "150m", "400m", "1b"]
@@ -117,25 +110,25 @@ def test_recipe(tiny_modernbert_path, tmp_path_factory) -> Path:
     path.write_text(
         "size: tiny\n"
         f"model:\n  backbone: {tiny_modernbert_path}\n  hidden_size: 32\n  max_length: 64\n"
-        "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps_ratio: 0.25\n"
-        "  save_steps_ratio: 0.25\n  logging_steps_ratio: 0.125\n  dataloader_num_workers: 0\n",
+        "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps: 0.25\n"
+        "  save_steps: 0.25\n  logging_steps: 0.125\n  dataloader_num_workers: 0\n",
         encoding="utf-8")
     return path
 
 
-def train_request(test_recipe, scored, cranfield_dir, out: Path, **kw) -> TrainRequest:
+def train_request(test_recipe, scored, cranfield_dir, out: Path, **kw) -> TrainConfig:
     base = dict(recipe_file=str(test_recipe), data=[str(scored["dir"])], validation_data=[str(scored["held_path"])],
                 output_dir=str(out), max_steps=STEPS,
                 eval_data=[str(cranfield_dir)], eval_top_k=10, eval_max_queries=8,
                 cache_dir=str(scored["root"] / "cache"))
     base.update(kw)
-    return TrainRequest(**base)
+    return resolve_config(**base)
 
 
 @pytest.fixture(scope="module")
 def trained(test_recipe, scored, cranfield_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    config = train_request(test_recipe, scored, cranfield_dir, out)
     record = run_training(config)
     return {"out": out, "config": config, "record": record}
 
@@ -151,25 +144,25 @@ def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
         assert code == 0, err
         cfg = json.loads(out)
         row = table[size]
+        train = cfg["training"]
         assert cfg["backbone"] == f"jhu-clsp/ettin-encoder-{size}"
-        assert cfg["learning_rate"] == float(row["lr"])
+        assert train["learning_rate"] == float(row["lr"])
         assert cfg["global_batch_size"] == int(row["batch"])
         assert cfg["architecture"]["hidden_size"] == int(row["hidden"])
         assert cfg["architecture"]["num_layers"] == int(row["layers"])
         assert cfg["architecture"]["parameters"] == row["params"]
         # the same for every size (RECIPE.md "Same for all sizes")
-        assert cfg["world_size"] == 1 and cfg["per_device_batch_size"] == int(row["batch"])
-        assert cfg["gradient_accumulation_steps"] == 1
-        assert cfg["num_train_epochs"] == 1 and cfg["max_steps"] is None
-        assert cfg["warmup_ratio"] == 0.03 and cfg["lr_scheduler_type"] == "linear"
-        assert cfg["seed"] == 12
+        assert cfg["world_size"] == 1 and train["per_device_train_batch_size"] == int(row["batch"])
+        assert train["gradient_accumulation_steps"] == 1
+        assert train["num_train_epochs"] == 1 and "max_steps" not in train
+        assert train["warmup_steps"] == 0.03 and train["lr_scheduler_type"] == "linear"
+        assert train["seed"] == 12
         assert cfg["precision"]["recipe"] == "bf16 + flash_attention_2"
         assert cfg["precision"]["dtype"] == "float32" and cfg["precision"]["attn"] == "sdpa"  # this CPU box
-        cad = cfg["cadence"]
-        assert (cad["eval_steps_ratio"], cad["save_steps_ratio"], cad["logging_steps_ratio"]) == (0.05, 0.05, 0.025)
-        assert cad["save_total_limit"] == 5 and cad["logging_first_step"] and cad["load_best_model_at_end"]
-        assert cad["metric_for_best_model"] == "eval_NanoBEIR_R100_mean_ndcg@10"
-        assert cfg["dataloader_num_workers"] == 4
+        assert (train["eval_steps"], train["save_steps"], train["logging_steps"]) == (0.05, 0.05, 0.025)
+        assert train["save_total_limit"] == 5 and train["logging_first_step"] and train["load_best_model_at_end"]
+        assert train["metric_for_best_model"] == "eval_NanoBEIR_R100_mean_ndcg@10"
+        assert train["dataloader_num_workers"] == 4
         assert cfg["teacher"] == "mixedbread-ai/mxbai-rerank-large-v2"
         assert cfg["data"]["train"] == ["cross-encoder/ettin-reranker-v1-data"]
         assert cfg["data"]["eval_split"] == "validation"
@@ -178,6 +171,7 @@ def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
         assert ev["top_k"] == 100 and ev["retriever"] == "bm25" and ev["force_positives"] is False
         assert cfg["output_dir"].endswith(f"runs/ettin-reranker-{size}")
         assert cfg["max_length"] == 512
+        assert TrainConfig.from_dict(cfg).to_dict() == cfg  # one config, symmetric
 
 
 def test_print_config_loads_nothing(tmp_path):
@@ -192,17 +186,17 @@ def test_print_config_loads_nothing(tmp_path):
 
 def test_world_size_splits_the_global_batch_and_workers_drop_beyond_8():
     for world, per_device, workers in ((2, 512, 4), (8, 128, 4), (16, 64, 0)):
-        cfg = resolve_config(TrainRequest(size="17m"), world_size=world, device="cpu")
-        assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (per_device, 1)
-        assert cfg["dataloader_num_workers"] == workers
-    cfg = resolve_config(TrainRequest(size="150m", per_device_batch_size=24), world_size=4, device="cpu")
-    assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (24, 2)  # 24 x 4 x 2 = 192
+        cfg = resolve_config(size="17m", world_size=world, device="cpu")
+        assert (cfg.per_device_batch_size, cfg.training["gradient_accumulation_steps"]) == (per_device, 1)
+        assert cfg.training["dataloader_num_workers"] == workers
+    cfg = resolve_config(size="150m", per_device_batch_size=24, world_size=4, device="cpu")
+    assert (cfg.per_device_batch_size, cfg.training["gradient_accumulation_steps"]) == (24, 2)  # 24 x 4 x 2 = 192
     with pytest.raises(EttinError, match="does not divide"):
-        resolve_config(TrainRequest(size="150m", per_device_batch_size=50), world_size=1, device="cpu")
+        resolve_config(size="150m", per_device_batch_size=50, world_size=1, device="cpu")
     with pytest.raises(EttinError, match="not divisible by world size 5"):
-        resolve_config(TrainRequest(size="17m"), world_size=5, device="cpu")
+        resolve_config(size="17m", world_size=5, device="cpu")
     with pytest.raises(EttinError, match="--learning-rate"):
-        resolve_config(TrainRequest(size="17m", learning_rate=-1.0), device="cpu")
+        resolve_config(size="17m", learning_rate=-1.0, device="cpu")
 
 
 def test_overrides_and_environment_world_size(capsys, monkeypatch, tmp_path):
@@ -212,18 +206,19 @@ def test_overrides_and_environment_world_size(capsys, monkeypatch, tmp_path):
                               "--base-model", "someone/encoder", "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 0, err
     cfg = json.loads(out)
-    assert (cfg["learning_rate"], cfg["max_steps"], cfg["global_batch_size"]) == (1e-5, 1000, 256)
-    assert (cfg["world_size"], cfg["per_device_batch_size"], cfg["max_length"], cfg["seed"]) == (8, 32, 1024, 7)
+    train = cfg["training"]
+    assert (train["learning_rate"], train["max_steps"], cfg["global_batch_size"]) == (1e-5, 1000, 256)
+    assert (cfg["world_size"], train["per_device_train_batch_size"], cfg["max_length"], train["seed"]) == (
+        8, 32, 1024, 7)
     assert cfg["backbone"] == "someone/encoder"
     # with the step count known, the ratios become the trainer's step counts
-    assert (cfg["cadence"]["eval_steps"], cfg["cadence"]["save_steps"], cfg["cadence"]["logging_steps"]) == (
-        50, 50, 25)
+    assert (train["eval_steps"], train["save_steps"], train["logging_steps"]) == (50, 50, 25)
     assert not (tmp_path / "o").exists()
 
 
 def test_trainer_arguments_carry_the_recipe(tmp_path):
-    cfg = resolve_config(TrainRequest(size="68m", output_dir=str(tmp_path / "o")), world_size=1, device="cpu")
-    args = _training_args(cfg, eval_on_start=True)
+    cfg = resolve_config(size="68m", output_dir=str(tmp_path / "o"), world_size=1, device="cpu")
+    args = cfg.trainer_arguments(eval_on_start=True)
     assert args.learning_rate == 3e-5 and args.per_device_train_batch_size == 256
     assert args.gradient_accumulation_steps == 1 and args.num_train_epochs == 1 and args.seed == 12
     assert args.get_warmup_steps(1000) == 30 and args.lr_scheduler_type == "linear"
@@ -233,11 +228,26 @@ def test_trainer_arguments_carry_the_recipe(tmp_path):
     assert args.eval_on_start and args.dataloader_num_workers == 4
     assert not args.bf16  # CPU: fp32
     assert args.use_cpu and not args.bf16
-    gpu = dict(cfg, precision={**cfg["precision"], "device": "cuda:0", "dtype": "bfloat16",
-                               "attn": "flash_attention_2"})
-    kwargs = training_arguments(gpu, eval_on_start=False)
+    gpu = TrainConfig.from_dict({**cfg.to_dict(), "precision": {**cfg.precision, "device": "cuda:0",
+                                                                 "dtype": "bfloat16", "attn": "flash_attention_2"}})
+    kwargs = gpu.trainer_kwargs(eval_on_start=False)
     assert kwargs["bf16"] is True and kwargs["use_cpu"] is False and kwargs["ddp_backend"] is None
     assert not (tmp_path / "o").exists()
+
+
+def test_recipe_training_keys_pass_through_and_unknown_ones_are_refused(tmp_path):
+    """`training:` keys are trainer field names (numeric strings coerced); a misspelt one is one line."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
+                      "adam_beta2: '0.98', weight_decay: 1e-2}\n")
+    cfg = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cpu")
+    args = cfg.trainer_arguments()
+    assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (1e-4, 0.98, 0.01)
+    recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
+                      "warmup_ration: 0.1}\n")
+    cfg = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cpu")
+    with pytest.raises(EttinError, match=r"training\.warmup_ration: not a CrossEncoderTrainingArguments field"):
+        cfg.trainer_arguments()
 
 
 def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkeypatch):
@@ -247,12 +257,12 @@ def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkey
     loaded = []
     monkeypatch.setattr(CrossEncoderNanoBEIREvaluator, "_load_dataset",
                         lambda self, name, **kw: loaded.append((name, kw)) or name)
-    cfg = resolve_config(TrainRequest(size="17m"), world_size=1, device="cpu")
-    ev = make_nanobeir_evaluator(cfg["evaluation"]["datasets"], top_k=100, batch_size=64)
+    cfg = resolve_config(size="17m", world_size=1, device="cpu")
+    ev = make_nanobeir_evaluator(cfg.evaluation["datasets"], top_k=100, batch_size=64)
     assert len(loaded) == 13 and {"arguana", "touche2020"} <= {n for n, _ in loaded}
     assert ev.rerank_k == 100 and ev.at_k == 10 and ev.always_rerank_positives is False
     assert all(kw["always_rerank_positives"] is False for _, kw in loaded)
-    assert f"{ev.name}_{ev.primary_metric}" == cfg["evaluation"]["primary_metric"]
+    assert f"{ev.name}_{ev.primary_metric}" == cfg.primary_metric
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -362,13 +372,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
     assert not out.exists()
 
     # an output folder holding another run: refused, nothing in it touched
-    other = resolve_config(TrainRequest(size="17m", data=[str(ok)], base_model=str(tiny_modernbert_path),
-                                        output_dir=str(out), eval_data=[str(cranfield_dir)], max_steps=2,
-                                        learning_rate=0.5))
+    other = resolve_config(size="17m", data=[str(ok)], base_model=str(tiny_modernbert_path),
+                           output_dir=str(out), eval_data=[str(cranfield_dir)], max_steps=2, learning_rate=0.5)
     bind_output_dir(other)
     (out / "checkpoint-3").mkdir()
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common],
-                   r"holds a run with a different config \(learning_rate: 0\.5 -> 0\.00024\); use another", out)
+                   r"holds a run with a different config \(training\.learning_rate: 0\.5 -> 0\.00024\); use another",
+                   out)
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine", encoding="utf-8")
@@ -475,7 +485,7 @@ def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_
                 raise Interrupt("simulated crash")
 
     out = tmp_path / "out"
-    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    config = train_request(test_recipe, scored, cranfield_dir, out)
     with pytest.raises(Interrupt):
         run_training(config, callbacks=[CrashAfterSave()])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -485,7 +495,7 @@ def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_
     opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
     assert "optimizer.pt has" in checkpoint_problem(out / "checkpoint-4")
 
-    record = run_training(resolve_config(train_request(test_recipe, scored, cranfield_dir, out, resume=True)))
+    record = run_training(train_request(test_recipe, scored, cranfield_dir, out, resume=True))
     assert record["resumed_from"] == "checkpoint-2"
     assert (out / "checkpoint-4.corrupt").is_dir()  # kept aside, not deleted
     assert_same_weights(out / "final", trained["out"] / "final")
@@ -547,8 +557,8 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
     from sentence_transformers.cross_encoder.losses import MSELoss
 
     from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.callbacks import trainer_class
     from ettin_cli.train.student import build_student
-    from ettin_cli.train.training import _trainer_class
 
     seen = []
 
@@ -566,7 +576,7 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
     for bf16 in (True, False):
         args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / str(bf16)), bf16=bf16, use_cpu=True,
                                              report_to="none", disable_tqdm=True)
-        trainer = _trainer_class()(model=model, args=args, train_dataset=data, loss=MSELoss(model),
+        trainer = trainer_class()(model=model, args=args, train_dataset=data, loss=MSELoss(model),
                                    evaluator=Probe())
         assert trainer.evaluate()["eval_probe"] == 1.0
     assert len(seen) == 2 and seen[0] == (True, torch.bfloat16) and seen[1][0] is False
@@ -577,7 +587,7 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
     import pyarrow as pa
 
     from ettin_cli.io import shards
-    from ettin_cli.train.training import _score_dir_teacher
+    from ettin_cli.train.data import score_dir_teacher
 
     scored, selected = tmp_path / "scored", tmp_path / "selected"
     for folder, config, extra in ((scored, {"step": "score", "teacher": None, "teacher_sha256": "ab" * 32},
@@ -586,16 +596,14 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
         shards.prepare_output(folder, config)
         shards.write_shard(folder, 0, pa.table({"query": ["q"], "document": ["d"], "score": [0.5]}))
         shards.finalize_manifest(folder, expected_shards=1, extra=extra)
-    assert _score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
-    assert _score_dir_teacher(str(selected)) == _score_dir_teacher(str(scored))
+    assert score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
+    assert score_dir_teacher(str(selected)) == score_dir_teacher(str(scored))
 
 
 def test_a_folder_of_parquet_and_jsonl_is_refused_not_half_read(tmp_path):
     """Files of both kinds in one --data folder: an error, never the parquet half silently alone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ettin_cli.train.training import load_pairs
 
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -611,7 +619,6 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
     import torch
 
     from ettin_cli.core import hardware
-    from ettin_cli.train.training import TrainRequest, resolve_config
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(hardware, "flash_attn_installed", lambda: True)
@@ -620,10 +627,9 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
         recipe = tmp_path / f"{precision}.yaml"
         recipe.write_text(f"size: x\nmodel: {{backbone: b}}\ntraining: {{learning_rate: 1.0e-4, "
                           f"global_batch_size: 8, precision: {precision}}}\n")
-        config = resolve_config(TrainRequest(recipe_file=str(recipe), data=["x.parquet"]), world_size=1,
-                                device="cuda:0")
-        got[precision] = (config["precision"]["dtype"], config["precision"]["attn"])
+        config = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cuda:0")
+        got[precision] = (config.precision["dtype"], config.precision["attn"])
     assert got == {"bf16": ("bfloat16", "flash_attention_2"), "fp16": ("float16", "flash_attention_2"),
                    "fp32": ("float32", "sdpa")}
-    cpu = resolve_config(TrainRequest(size="17m", data=["x.parquet"]), world_size=1, device="cpu")
-    assert (cpu["precision"]["dtype"], cpu["precision"]["attn"]) == ("float32", "sdpa")
+    cpu = resolve_config(size="17m", data=["x.parquet"], world_size=1, device="cpu")
+    assert (cpu.precision["dtype"], cpu.precision["attn"]) == ("float32", "sdpa")

@@ -74,26 +74,25 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as JSON and exit (loads nothing)."),
 ) -> None:
-    from ettin_cli.train.training import TrainRequest, resolve_config
+    from ettin_cli.train.config import resolve_config
 
-    request = TrainRequest(
-        size=size, recipe_file=str(recipe) if recipe else None, data=data or None,
-        validation_data=validation_data or None, query_column=query_column, document_column=document_column,
-        score_column=score_column, base_model=base_model, output_dir=output_dir, max_steps=max_steps,
-        learning_rate=learning_rate, global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
-        max_length=max_length, eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries,
-        seed=seed, dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
+    config = resolve_config(
+        size, str(recipe) if recipe else None, data=data or None, validation_data=validation_data or None,
+        query_column=query_column, document_column=document_column, score_column=score_column,
+        base_model=base_model, output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
+        global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size, max_length=max_length,
+        eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries, seed=seed,
+        dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
         save_initial=save_initial,
     )
-    config = resolve_config(request)
     if print_config:
-        typer.echo(json.dumps(config, indent=2))
+        typer.echo(json.dumps(config.to_dict(), indent=2))
         return
+    from ettin_cli.train.run import run_training
     from ettin_cli.train.student import check_base_model
-    from ettin_cli.train.training import run_training
 
-    check_base_model(config["backbone"])
+    check_base_model(config.backbone)
     record = run_training(config)
     after = (record.get("metrics") or {}).get("after") or {}
     if "mean" in after:
-        typer.echo(f"mean NDCG@10 after training: {after['mean']:.4f} -> {Path(config['output_dir']) / 'final'}")
+        typer.echo(f"mean NDCG@10 after training: {after['mean']:.4f} -> {Path(config.output_dir) / 'final'}")
