@@ -170,7 +170,12 @@ def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
         assert ev["benchmark"] == "nanobeir" and len(ev["datasets"]) == 13
         assert ev["top_k"] == 100 and ev["retriever"] == "bm25" and ev["force_positives"] is False
         assert cfg["output_dir"].endswith(f"runs/ettin-reranker-{size}")
-        assert cfg["max_length"] == 512
+        # no max length set: the student keeps the backbone's maximum, read from the recipe's backbone facts
+        assert cfg["max_length"] is None and cfg["architecture"]["max_length"] == 7999
+        # the release's arguments beyond the recipe table (RECIPE.md, "Facts of the published release")
+        assert (train["dataloader_drop_last"], train["optim"], train["weight_decay"], train["max_grad_norm"]) == (
+            True, "adamw_torch", 0.0, 1.0)
+        assert cfg["data"]["columns"]["score"] is None  # label or score, whichever exists
         assert TrainConfig.from_dict(cfg).to_dict() == cfg  # one config, symmetric
 
 
@@ -240,12 +245,12 @@ def test_recipe_training_keys_pass_through_and_unknown_ones_are_refused(tmp_path
     recipe = tmp_path / "r.yaml"
     recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
                       "adam_beta2: '0.98', weight_decay: 1e-2}\n")
-    cfg = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cpu")
+    cfg = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cpu")
     args = cfg.trainer_arguments()
     assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (1e-4, 0.98, 0.01)
     recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
                       "warmup_ration: 0.1}\n")
-    cfg = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cpu")
+    cfg = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cpu")
     with pytest.raises(EttinError, match=r"training\.warmup_ration: not a CrossEncoderTrainingArguments field"):
         cfg.trainer_arguments()
 
@@ -274,6 +279,11 @@ def test_score_folder_and_files_load_memory_mapped(scored):
     assert ds.column_names == ["query", "document", "label"]
     assert len(ds) == scored["rows"] and summary[0]["kind"] == "score-dir" and summary[0]["rows"] == len(ds)
     assert summary[0]["teacher_format"] == "bi-encoder"
+    # the folder also carries the qrels `label` of its input: its manifest names `score` as the target
+    assert summary[0]["target_column"] == "score"
+    ds_auto, _ = load_pairs([str(scored["dir"])], {"query": "query", "document": "document", "score": None},
+                            cache_dir=str(scored["root"] / "cache"))
+    assert ds_auto["label"][:5] == ds["label"][:5]
     assert ds.cache_files  # backed by Arrow files on disk, not an in-memory table
     import pyarrow.parquet as pq
 
@@ -350,8 +360,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
                    r"unknown size '3m': choose one of 17m, 32m, 68m, 150m, 400m, 1b", out)
     no_score = bad_parquet(tmp_path, "no_score.parquet", **good, teacher=[1.0, 2.0, 3.0])
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(no_score), *common],
-                   r"no_score\.parquet: no 'score' column \(columns: query, document, teacher\); "
-                   r"map it with --score-column", out)
+                   r"no_score\.parquet: neither a 'label' nor a 'score' column \(columns: query, document, "
+                   r"teacher\); name the target with --score-column", out)
     nan = bad_parquet(tmp_path, "nan.parquet", query=[f"q{i}" for i in range(12)], document=["d"] * 12,
                       score=[1.0, 2.0, 3.0, float("nan"), 1.0, 1.0, 1.0, float("inf"), 0.0, 0.0, float("-inf"), 1.0])
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(nan), *common],
@@ -368,7 +378,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
     ok = bad_parquet(tmp_path, "ok.parquet", **good, score=[1.0, 2.0, 3.0])
     missing_model = ["--base-model", str(tmp_path / "no-model")]
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common, *missing_model],
-                   r"no-model: the path does not exist", out)
+                   r"no-model: no such file or folder", out)
     assert not out.exists()
 
     # an output folder holding another run: refused, nothing in it touched
@@ -627,9 +637,9 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
         recipe = tmp_path / f"{precision}.yaml"
         recipe.write_text(f"size: x\nmodel: {{backbone: b}}\ntraining: {{learning_rate: 1.0e-4, "
                           f"global_batch_size: 8, precision: {precision}}}\n")
-        config = resolve_config(recipe_file=str(recipe), data=["x.parquet"], world_size=1, device="cuda:0")
+        config = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cuda:0")
         got[precision] = (config.precision["dtype"], config.precision["attn"])
     assert got == {"bf16": ("bfloat16", "flash_attention_2"), "fp16": ("float16", "flash_attention_2"),
                    "fp32": ("float32", "sdpa")}
-    cpu = resolve_config(size="17m", data=["x.parquet"], world_size=1, device="cpu")
+    cpu = resolve_config(size="17m", data=["someone/pairs"], world_size=1, device="cpu")
     assert (cpu.precision["dtype"], cpu.precision["attn"]) == ("float32", "sdpa")

@@ -30,8 +30,9 @@ def train(
     size: str | None = typer.Option(None, "--size", help="Student size: 17m, 32m, 68m, 150m, 400m or 1b."),
     recipe: Path | None = typer.Option(None, "--recipe", help="A custom recipe YAML, merged over recipes/shared.yaml."),
     data: list[str] | None = typer.Option(
-        None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a dataset "
-        "folder or a Hub data set id (all subsets concatenated). Default: the recipe's Hub data set."),
+        None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a Hub "
+        "data set id or a local folder in the Hub's layout (every config's train split concatenated). Default: the "
+        "published cross-encoder/ettin-reranker-v1-data."),
     validation_data: list[str] | None = typer.Option(
         None, "--validation-data", help="Held-out pairs for the eval loss (repeatable; same forms as --data). "
         "Default: the Hub data set's validation split; none for local data."),
@@ -39,7 +40,8 @@ def train(
     document_column: str | None = typer.Option(None, "--document-column",
                                                help="Column holding the document (default document)."),
     score_column: str | None = typer.Option(None, "--score-column",
-                                            help="Column holding the raw teacher score (default score)."),
+                                            help="Column holding the raw teacher score (default: whichever of "
+                                            "label and score exists)."),
     base_model: str | None = typer.Option(None, "--base-model", help="Backbone: Hub id or local folder "
                                           "(default: the recipe's jhu-clsp/ettin-encoder-SIZE)."),
     output_dir: str | None = typer.Option(None, "--output-dir", "-o",
@@ -52,8 +54,8 @@ def train(
     per_device_batch_size: int | None = typer.Option(
         None, "--per-device-batch-size", help="Pairs per forward pass on each device; gradient accumulation keeps "
         "the global batch (default: global // world size)."),
-    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair "
-                                          "(default: recipe, 512)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair; "
+                                          "longer pairs are cut (default: the backbone's maximum, 7999 for Ettin)."),
     eval_data: list[str] | None = typer.Option(
         None, "--eval-data", help="Offline evaluation (repeatable): BEIR-layout folders, BM25 top-k reranked. "
         "Default: NanoBEIR from the Hub."),
@@ -89,9 +91,11 @@ def train(
         typer.echo(json.dumps(config.to_dict(), indent=2))
         return
     from ettin_cli.train.run import run_training
-    from ettin_cli.train.student import check_base_model
 
-    check_base_model(config.backbone)
+    if Path(config.backbone).exists():  # a local folder: refuse a model of the wrong kind before any loading
+        from ettin_cli.label.fit import check_base_model
+
+        check_base_model(config.backbone, base_model or config.backbone)
     record = run_training(config)
     after = (record.get("metrics") or {}).get("after") or {}
     if "mean" in after:

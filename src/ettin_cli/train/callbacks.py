@@ -169,6 +169,14 @@ def trainer_class():
                 return
             super()._save(output_dir, state_dict)
 
+        def get_eval_dataloader(self, *args, **kwargs):
+            # `dataloader_drop_last` (the release's) is for training batches: the eval loss reads every row.
+            drop, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+            try:
+                return super().get_eval_dataloader(*args, **kwargs)
+            finally:
+                self.args.dataloader_drop_last = drop
+
         def evaluate(self, *args, **kwargs):
             # The evaluators call `model.predict` outside the trainer's autocast. With fp32 master weights,
             # Flash Attention would then get fp32 inputs (which it rejects) and bf16 training would be evaluated

@@ -68,7 +68,7 @@ class TrainConfig:
     training: dict[str, Any]          # CrossEncoderTrainingArguments keywords, as the recipe names them
     global_batch_size: int
     world_size: int
-    max_length: int | None            # None: the backbone's maximum (read when it is loaded)
+    max_length: int | None            # None: the backbone's maximum (architecture.max_length says which)
     precision: dict[str, Any]
     data: dict[str, Any]
     evaluation: dict[str, Any]
@@ -172,12 +172,49 @@ def _required(section: dict[str, Any], name: str, key: str, where: str) -> Any:
     return section[key]
 
 
-def _local_path(source: str) -> str:
-    """Local paths become absolute (so the run's identity does not depend on the working directory)."""
-    from ettin_cli.core.sources import looks_like_path
+def _source(value: str, option: str, repo_type: str) -> str:
+    """A local path (made absolute, so the run's identity does not depend on the working directory) or a Hub id.
 
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() or looks_like_path(source) else source
+    A value that can only be a path and does not exist is refused at once ("no such file or folder"); the Hub
+    is not asked here (`--print-config` loads nothing), but when the data or model is read.
+    """
+    from ettin_cli.core.sources import resolve_source
+
+    hint = "--data DIR (a local copy)" if repo_type == "dataset" else f"{option} DIR (a local copy)"
+    src = resolve_source(value, option=option, offline_hint=hint, repo_type=repo_type, check_hub=False)
+    return str(src.path.resolve()) if src.is_local else value
+
+
+def backbone_shape(backbone: str, model: dict[str, Any], recipe_backbone: str | None) -> dict[str, Any]:
+    """The shape of the student to be built, without loading it: the backbone's own config.json when it is a
+    local folder, the recipe's facts when it is the recipe's backbone, else "read at load time".
+
+    `max_length` is what the student keeps without `--max-length`: Sentence Transformers' rule, the smaller of
+    the tokenizer's `model_max_length` and the config's `max_position_embeddings`.
+    """
+    import json
+
+    rule = "min(tokenizer model_max_length, config max_position_embeddings)"
+    path = Path(backbone)
+    if path.is_dir():
+        try:
+            cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            tok = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")) \
+                if (path / "tokenizer_config.json").is_file() else {}
+        except (OSError, ValueError):
+            return {"source": f"{backbone} (read at load time)", "max_length": f"{rule}, read at load time"}
+        positions = cfg.get("max_position_embeddings")
+        limits = [v for v in (positions, tok.get("model_max_length")) if isinstance(v, int) and v > 0]
+        return {"source": f"{backbone}/config.json", "model_type": cfg.get("model_type"),
+                "hidden_size": cfg.get("hidden_size"), "num_layers": cfg.get("num_hidden_layers"),
+                "max_position_embeddings": positions, "max_length": min(limits) if limits else rule}
+    if backbone == recipe_backbone and model.get("hidden_size"):
+        shape = {"source": "the recipe's backbone facts (recipes/*.yaml)"}
+        shape.update({k: model[k] for k in ("hidden_size", "num_layers", "parameters", "max_position_embeddings")
+                      if k in model})
+        shape["max_length"] = model.get("max_position_embeddings", f"{rule}, read at load time")
+        return shape
+    return {"source": f"{backbone} (read at load time)", "max_length": f"{rule}, read at load time"}
 
 
 def cadence(value: Any, name: str, where: str) -> float | int:
@@ -297,19 +334,21 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         prec = resolve_precision(device, wanted_dtype, "sdpa" if wanted_dtype == "float32" and attn == "auto"
                                  else attn)
 
-    base_model = _local_path(opt.get("base_model") or _required(model, "model", "backbone", where))
-    sources = [_local_path(s) for s in (opt.get("data") or [data.get("dataset")]) if s]
+    recipe_backbone = _required(model, "model", "backbone", where)
+    base_model = _source(opt.get("base_model") or recipe_backbone, "--base-model", "model")
+    sources = [_source(s, "--data", "dataset") for s in (opt.get("data") or [data.get("dataset")]) if s]
     if not sources:
         raise EttinError(f"{where}: no training data: give --data or set data.dataset in the recipe")
-    validation = [_local_path(s) for s in opt["validation_data"]] if opt.get("validation_data") else None
+    validation = ([_source(s, "--validation-data", "dataset") for s in opt["validation_data"]]
+                  if opt.get("validation_data") else None)
     columns = {"query": opt.get("query_column") or data.get("query_column", "query"),
                "document": opt.get("document_column") or data.get("document_column", "document"),
-               "score": opt.get("score_column") or data.get("score_column", "score")}
+               "score": opt.get("score_column") or data.get("score_column")}  # None: label or score, found
 
     top_k = _positive("--eval-top-k", opt.get("eval_top_k", evaluation.get("top_k", 100)))
     _positive("--eval-max-queries", opt.get("eval_max_queries"))
     if opt.get("eval_data"):
-        bench = {"benchmark": "beir", "datasets": [_local_path(s) for s in opt["eval_data"]]}
+        bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]]}
     else:
         from ettin_cli.measure.evaluation import NANOBEIR_SETS
 
@@ -322,7 +361,7 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         recipe_file=str(Path(recipe_file).resolve()) if recipe_file else None,
         backbone=base_model,
         teacher=(recipe.get("teacher") or {}).get("model"),
-        architecture={k: model[k] for k in ("hidden_size", "num_layers", "parameters") if k in model},
+        architecture=backbone_shape(base_model, model, recipe_backbone),
         max_length=int(max_length) if max_length is not None else None,
         pooling=str(model.get("pooling", "cls")),
         head_init=str(model.get("head_init", "default")),

@@ -76,37 +76,61 @@ def _all_empty(files: list[Path], builder: str) -> bool:
 
 
 def _load_configs(source: str, split: str, cache_dir: str | None, *, required: bool,
-                  holdout: str = "validation") -> Dataset | None:
-    """All subsets (configs) of a Hub data set or a local dataset folder that have `split`, concatenated.
+                  holdout: str = "validation") -> list[tuple[str, Dataset]]:
+    """Every config of a Hub data set, or of a local folder in the Hub's layout, that has `split`: (label, data).
 
-    The held-out set may be a split of some subsets (`validation` of `quora`) or a subset of its own named like
-    the eval split (what `ettin mix` writes): such a subset is never trained on, and is the eval set.
+    One code path for both: configs from `get_dataset_config_names`, each split from `load_dataset(source,
+    config, split=...)`. The held-out set may be a split of some configs (`validation` of `quora`, the release)
+    or a config of its own named like the eval split (what `ettin mix` writes): such a config is never trained
+    on, and is the eval set.
     """
-    from datasets import concatenate_datasets, get_dataset_config_names, get_dataset_split_names, load_dataset
+    from datasets import get_dataset_config_names, get_dataset_split_names, load_dataset
 
+    if source_kind(source) == "hub":
+        from ettin_cli.core.sources import resolve_source
+
+        resolve_source(source, option="--data", offline_hint="--data DIR (a local copy)", repo_type="dataset")
     try:
         configs = get_dataset_config_names(source)
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo
-        raise EttinError(f"{source}: cannot read the data set's subsets ({_first_line(exc)})") from None
+        raise EttinError(f"{source}: cannot read the data set's configs ({_first_line(exc)})") from None
     parts = []
     for name in configs:
         try:
             splits = get_dataset_split_names(source, name)
-            own_holdout = name == holdout  # a held-out subset: all of it for the eval set, none for training
+            own_holdout = name == holdout  # a held-out config: all of it for the eval set, none for training
             wanted = (splits if split == holdout else []) if own_holdout else [s for s in splits if s == split]
-            parts += [load_dataset(source, name, split=s, cache_dir=cache_dir) for s in wanted]
+            parts += [(f"{source} config '{name}'", load_dataset(source, name, split=s, cache_dir=cache_dir))
+                      for s in wanted]
         except Exception as exc:  # noqa: BLE001
-            raise EttinError(f"{source} subset '{name}': cannot load split '{split}' ({_first_line(exc)})") from None
+            raise EttinError(f"{source} config '{name}': cannot load its '{split}' split "
+                             f"({_first_line(exc)})") from None
     if not parts:
         if required:
-            raise EttinError(f"{source}: no subset has a '{split}' split")
-        return None
-    logger.info(f"{source}: {len(parts)} subsets/splits for '{split}'")
-    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+            raise EttinError(f"{source}: no config has a '{split}' split")
+        return []
+    logger.info(f"{source}: {len(parts)} configs with a '{split}' split")
+    return parts
+
+
+def manifest_target(source: str, depth: int = 0) -> str | None:
+    """The column an `ettin score` folder wrote its scores to, from its manifest (followed back through `ettin
+    select` / `mix` folders). Such a folder also carries its input's columns, often a qrels `label`, so its
+    manifest, not a guess between `label` and `score`, names the target."""
+    from ettin_cli.io.shards import is_finished, read_manifest
+
+    config = read_manifest(source).get("config") or {}
+    if config.get("score_column"):
+        return str(config["score_column"])
+    upstream = config.get("input")
+    if depth < 4 and isinstance(upstream, str) and is_finished(upstream):
+        return manifest_target(upstream, depth + 1)
+    return None
 
 
 def _load_source(source: str, split: str, cache_dir: str | None, *, required: bool = True,
-                 holdout: str = "validation") -> Dataset | None:
+                 holdout: str = "validation") -> list[tuple[str, Dataset]]:
+    """The parts of one source, each with the label its errors name it by (the source, or source + config)."""
     kind = source_kind(source)
     if kind == "score-dir":
         from ettin_cli.io.shards import shard_paths
@@ -114,17 +138,33 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
         files = shard_paths(source)  # in order, each checked against the manifest's size and SHA-256
         if not files:
             raise EttinError(f"{source}: manifest.json lists no shards")
-        return _load_files(files, cache_dir, source)
+        return [(source, _load_files(files, cache_dir, source))]
     if kind == "file":
-        return _load_files([Path(source)], cache_dir, source)
+        return [(source, _load_files([Path(source)], cache_dir, source))]
     if kind == "files-dir":
         files = sorted([*Path(source).rglob("*.parquet"), *Path(source).rglob("*.jsonl")])
-        return _load_files(files, cache_dir, source)
+        return [(source, _load_files(files, cache_dir, source))]
     return _load_configs(source, split, cache_dir, required=required, holdout=holdout)
 
 
-def check_scores(ds: Dataset, source: str, columns: dict[str, str]) -> None:
-    """Refuse missing columns, empty data, null texts and non-finite scores (count and first rows).
+TARGETS = ("label", "score")
+
+
+def target_column(names: list[str], where: str, given: str | None) -> str:
+    """The column holding the teacher's score: `given` (`--score-column`, or an `ettin score` manifest's), else
+    whichever one of `label` (the release) and `score` exists; both or neither is refused, naming the columns."""
+    if given:
+        return given
+    found = [c for c in TARGETS if c in names]
+    if len(found) == 1:
+        return found[0]
+    what = "both 'label' and 'score' columns" if found else "neither a 'label' nor a 'score' column"
+    raise EttinError(f"{where}: {what} (columns: {', '.join(names)}); name the target with --score-column")
+
+
+def check_scores(ds: Dataset, source: str, columns: dict[str, str | None]) -> str:
+    """Refuse missing columns, empty data, null texts and non-finite scores (count and first rows); return the
+    target column (found as `target_column` says when `columns["score"]` is None).
 
     Reads the Arrow columns chunk by chunk with pyarrow compute, so the check costs one pass over the score
     column and no copy of the data.
@@ -133,6 +173,7 @@ def check_scores(ds: Dataset, source: str, columns: dict[str, str]) -> None:
     import pyarrow.compute as pc
 
     names = list(ds.column_names)
+    columns = {**columns, "score": target_column(names, source, columns.get("score"))}
     for role in ("query", "document", "score"):
         col = columns[role]
         if col not in names:
@@ -163,6 +204,7 @@ def check_scores(ds: Dataset, source: str, columns: dict[str, str]) -> None:
         first = _first_indices(score, is_bad)
         raise EttinError(f"{source}: column '{columns['score']}' has {bad} NaN, infinite or missing scores "
                          f"(first rows: {', '.join(map(str, first))})")
+    return columns["score"]
 
 
 def _first_indices(chunked, predicate, limit: int = 5) -> list[int]:
@@ -179,9 +221,13 @@ def _first_indices(chunked, predicate, limit: int = 5) -> list[int]:
     return found
 
 
-def load_pairs(sources: list[str], columns: dict[str, str], *, split: str = "train", cache_dir: str | None = None,
-               required: bool = True, holdout: str = "validation") -> tuple[Dataset | None, list[dict[str, Any]]]:
-    """(query, document, label) pairs from every source, concatenated, memory-mapped; plus a per-source summary."""
+def load_pairs(sources: list[str], columns: dict[str, str | None], *, split: str = "train",
+               cache_dir: str | None = None, required: bool = True,
+               holdout: str = "validation") -> tuple[Dataset | None, list[dict[str, Any]]]:
+    """(query, document, label) pairs from every source, concatenated, memory-mapped; plus a per-source summary.
+
+    Each part (a file, a folder, one config of a data set) is checked on its own, so an error names the config.
+    """
     from datasets import concatenate_datasets
 
     parts = []
@@ -189,16 +235,23 @@ def load_pairs(sources: list[str], columns: dict[str, str], *, split: str = "tra
     for source in sources:
         # The first load of a large source builds its Arrow cache (one pass; `-v` shows datasets' own bars).
         logger.info(f"loading {source} ({split} split; memory-mapped Arrow, cached for reruns)")
-        ds = _load_source(source, split, cache_dir, required=required, holdout=holdout)
-        if ds is None:
+        rows = 0
+        targets = set()
+        given = columns
+        if not columns.get("score") and source_kind(source) == "score-dir":
+            given = {**columns, "score": manifest_target(source)}
+        for label, ds in _load_source(source, split, cache_dir, required=required, holdout=holdout):
+            target = check_scores(ds, label, given)
+            targets.add(target)
+            ds = ds.select_columns([columns["query"], columns["document"], target])
+            rename = {columns["query"]: "query", columns["document"]: "document", target: "label"}
+            parts.append(ds.rename_columns({k: v for k, v in rename.items() if k != v}))
+            rows += len(parts[-1])
+        if not targets:
             continue
-        check_scores(ds, source, columns)
-        ds = ds.select_columns([columns["query"], columns["document"], columns["score"]])
-        rename = {columns["query"]: "query", columns["document"]: "document", columns["score"]: "label"}
-        ds = ds.rename_columns({k: v for k, v in rename.items() if k != v})
-        parts.append(ds)
         kind = source_kind(source)
-        entry = {"source": source, "kind": kind.replace("files-dir", "files"), "rows": len(ds)}
+        entry = {"source": source, "kind": kind.replace("files-dir", "files"), "rows": rows,
+                 "target_column": ", ".join(sorted(targets))}
         if kind == "score-dir":
             entry.update(score_dir_teacher(source))
         summary.append(entry)
@@ -209,7 +262,6 @@ def load_pairs(sources: list[str], columns: dict[str, str], *, split: str = "tra
         parts = [p if p.features == first else p.cast(first) for p in parts]
         return concatenate_datasets(parts), summary
     return parts[0], summary
-
 
 
 def score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
