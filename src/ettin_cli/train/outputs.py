@@ -85,6 +85,30 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
     }
 
 
+# quality_flags' names -> the training record's (the "retriever" of an eval table is the untrained student here).
+_TRAINING_FLAGS = {"below_retriever": "ndcg_after_below_before", "mse_above_variance": "mse_above_variance"}
+
+
+def check_quality(record: dict[str, Any], targets_variance: float | None) -> list[str]:
+    """Flag a run that did not earn its place, with a WARNING line each (`evaluation.quality_flags`' rules):
+    held-out mean NDCG@10 after training below the untrained student's, or the eval MSE to the teacher above the
+    variance of the teacher's held-out scores (worse than predicting their mean). Returns the record's flags."""
+    from ettin_cli.measure.evaluation import quality_flags, warn_quality
+
+    metrics = record["metrics"]
+    before, after = metrics["before"].get("mean"), metrics["after"].get("mean")
+    student = {"model": "the trained student", "role": "reranker", "mean": {"ndcg@10": after}}
+    mse = metrics.get("after_eval_loss")
+    if mse is not None and targets_variance is not None and record["config"]["loss"]["name"] == "mse":
+        student["agreement"] = {"mse": mse, "reference_variance": targets_variance, "reference": "the teacher"}
+    entries = [{"model": "before training", "role": "retriever", "mean": {"ndcg@10": before}}, student]
+    if before is None or after is None:
+        entries = [{**student, "mean": {"ndcg@10": 0.0}}]  # no NDCG pair: only the MSE check applies
+    flags = quality_flags(entries)
+    warn_quality(entries, flags, baseline="the untrained student's", why="training made the ranking worse")
+    return [_TRAINING_FLAGS[f] for f in flags.get(student["model"], [])]
+
+
 def backbone_type(model: Any) -> str | None:
     """`modernbert` for an Ettin backbone (`bert` for the demo's MiniLM): the model card names it truthfully."""
     config = getattr(getattr(model[0], "auto_model", None), "config", None)

@@ -27,6 +27,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
+    import numpy as np
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
@@ -71,6 +72,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 5. Trainer.
     meter = TokenMeter(model)
+    targets_variance = float(np.var(eval_ds.with_format("numpy")["label"][:])) if eval_ds is not None else None
     loss, train_ds, eval_ds = prepare_loss(config.loss, model, train_ds, eval_ds, args)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
                               evaluator=evaluator, callbacks=[*make_callbacks(config, meter), *(callbacks or [])])
@@ -89,6 +91,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
                                   train_metrics=result.metrics,
                                   after=after, data=data_summary, observed_batch=meter.max_rows,
                                   resumed_from=resume_from.name if resume_from else None)
+    record["quality_flags"] = outputs.check_quality(record, targets_variance) if rank.is_main else []
     if rank.is_main:
         outputs.save_final(trainer, out, record, history, after)
     if args.world_size > 1:
