@@ -667,3 +667,36 @@ def test_a_run_worse_than_its_start_is_flagged_with_a_warning(trained, scored, c
     assert "MSE to the teacher 2.5000 is ABOVE the variance of its scores 2.0000" in text
     good = {**record, "metrics": {"before": {"mean": 0.40}, "after": {"mean": 0.45}, "after_eval_loss": 1.0}}
     assert check_quality(good, targets_variance=2.0) == []
+
+
+def test_the_best_checkpoint_is_named_and_not_evaluated_again(trained):
+    """load_best_model_at_end: the kept model's evaluation is the one logged at its step (no second pass), and the
+    record and the last log line say which step was loaded and why."""
+    from types import SimpleNamespace
+
+    from ettin_cli.train.outputs import final_evaluation
+
+    record = trained["record"]
+    best = record["metrics"]["best_step"]
+    assert record["final_model"]["step"] == best and f"checkpoint-{best} loaded at the end" in record[
+        "final_model"]["why"]
+    metrics = json.loads((trained["out"] / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["final_evaluation"]["step"] == best  # the logged evaluation of that step, not a new one
+    assert [e["step"] for e in metrics["evaluations"]] == [0, 2, 4, 6, 8]
+
+    def no_second_pass():
+        raise AssertionError("evaluated again")
+
+    key = "eval_BEIR_R10_mean_ndcg@10"
+    history = [{"step": 0, key: 0.3}, {"step": 2, key: 0.5}, {"step": 4, key: 0.4}]
+    args = SimpleNamespace(metric_for_best_model=key, load_best_model_at_end=True, greater_is_better=True)
+    state = SimpleNamespace(best_model_checkpoint="/o/checkpoint-2", global_step=4, best_global_step=2)
+    after, kept = final_evaluation(SimpleNamespace(state=state, args=args, evaluate=no_second_pass), history)
+    assert after == history[1] and kept["step"] == 2
+    assert kept["why"].startswith("checkpoint-2 loaded at the end (step 2 of 4): the highest "
+                                  "BEIR_R10_mean_ndcg@10 of 3 evaluations, 0.5000")
+    # no best loaded, training ended between evaluations: one evaluation after training
+    args.load_best_model_at_end = False
+    state.global_step = 5
+    after, kept = final_evaluation(SimpleNamespace(state=state, args=args, evaluate=lambda: {key: 0.6}), history)
+    assert after == {key: 0.6} and kept == {"step": 5, "why": "the model at the last step 5, evaluated after training"}

@@ -23,7 +23,7 @@ CURVES_FILE = "training_curves.png"
 
 
 def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[dict[str, Any]],
-                 train_metrics: dict[str, Any],
+                 train_metrics: dict[str, Any], final_model: dict[str, Any],
                  after: dict[str, Any], data: dict[str, Any], observed_batch: int,
                  resumed_from: str | None) -> dict[str, Any]:
     """The training record (`ettin_training.json`): the config, the data read and the results.
@@ -81,6 +81,7 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
                        "tokens_seen": int(state.num_input_tokens_seen or 0)},
         "observed_per_device_batch": observed_batch,
         "resumed_from": resumed_from,
+        "final_model": final_model,
         "config": config.to_dict(),
     }
 
@@ -137,6 +138,34 @@ def save_final(trainer: Any, out: Path, record: dict[str, Any], history: list[di
     trainer.save_model(str(final_tmp))
     write_outputs(out, final_tmp, record, history, after,
                   record["config"]["evaluation"]["primary_metric"])
+
+
+def final_evaluation(trainer: Any, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The evaluation of the model that is kept, and which model that is (`{"step", "why"}`).
+
+    When `load_best_model_at_end` loaded a checkpoint, its evaluation is already in the history: it is reused,
+    not run a second time. Otherwise the last step's evaluation is reused when there is one, and the model is
+    evaluated once more only when training ended between evaluations.
+    """
+    state, args = trainer.state, trainer.args
+    metric = args.metric_for_best_model
+    key = metric if metric and metric.startswith("eval_") else f"eval_{metric}"
+    evals = [h for h in history if key in h]
+    step = best_step(state)
+    if args.load_best_model_at_end and state.best_model_checkpoint and step is not None:
+        entry = next((h for h in reversed(evals) if h.get("step") == step), None)
+        if entry is not None:
+            best = "highest" if args.greater_is_better else "lowest"
+            why = (f"checkpoint-{step} loaded at the end (step {step} of {state.global_step}): the {best} "
+                   f"{key.removeprefix('eval_')} of {len(evals)} evaluations, {entry[key]:.4f} "
+                   "(load_best_model_at_end); its evaluation is reused, not run again")
+            return entry, {"step": step, "why": why}
+    last = evals[-1] if evals else None
+    if last is not None and last.get("step") == state.global_step:
+        return last, {"step": state.global_step, "why": f"the model at the last step {state.global_step}, "
+                                                        "as evaluated at that step"}
+    return trainer.evaluate(), {"step": state.global_step,
+                                "why": f"the model at the last step {state.global_step}, evaluated after training"}
 
 
 def best_step(state: Any) -> int | None:
@@ -198,10 +227,10 @@ def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: l
     }
     write_json_atomic(out / METRICS_FILE, metrics)
     plot_curves(out / CURVES_FILE, losses, evals, f"eval_{primary}")
-    logger.info(f"final model: {final}")
     if record["metrics"]["before"].get("mean") is not None and record["metrics"]["after"].get("mean") is not None:
         logger.info(f"mean NDCG@10: {record['metrics']['before']['mean']:.4f} before -> "
                     f"{record['metrics']['after']['mean']:.4f} after training")
+    logger.info(f"final model {final}: {record['final_model']['why']}")  # the last line: which step, and why
 
 
 def plot_curves(path: Path, losses: list[dict[str, Any]], evals: list[dict[str, Any]], primary: str) -> None:

@@ -79,16 +79,16 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
-    # 6. Train, then evaluate the model kept at the end.
+    # 6. Train; the kept model's evaluation (the best checkpoint's is in the history already).
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    history = list(trainer.state.log_history)  # the run's own logs, without the evaluation below
-    after = trainer.evaluate()
+    history = list(trainer.state.log_history)  # the run's own logs, without any evaluation below
+    after, final_model = outputs.final_evaluation(trainer, history)
     meter.close()
 
     # 7. Save and record.
     data_summary["train_rows"] = len(train_ds)
     record = outputs.build_record(config, model=model, state=trainer.state, history=history,
-                                  train_metrics=result.metrics,
+                                  train_metrics=result.metrics, final_model=final_model,
                                   after=after, data=data_summary, observed_batch=meter.max_rows,
                                   resumed_from=resume_from.name if resume_from else None)
     record["quality_flags"] = outputs.check_quality(record, targets_variance) if rank.is_main else []
