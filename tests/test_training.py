@@ -700,3 +700,29 @@ def test_the_best_checkpoint_is_named_and_not_evaluated_again(trained):
     state.global_step = 5
     after, kept = final_evaluation(SimpleNamespace(state=state, args=args, evaluate=lambda: {key: 0.6}), history)
     assert after == {key: 0.6} and kept == {"step": 5, "why": "the model at the last step 5, evaluated after training"}
+
+
+def test_the_training_rate_and_eta_leave_out_evaluation_time():
+    """The progress bar's clock runs from a step's start to its end only: a pause between steps (an evaluation)
+    does not lower the rate or lengthen the ETA."""
+    import time
+    from types import SimpleNamespace
+
+    from ettin_cli.train.callbacks import make_callbacks
+
+    config = SimpleNamespace(global_batch_size=100, world_size=1, primary_metric="m",
+                             evaluation={"benchmark": "beir"})
+    progress = make_callbacks(config, SimpleNamespace(tokens=0))[2]
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=4, global_step=0)
+    progress.on_train_begin(None, state, None)
+    bar = progress._bar
+    time.sleep(0.2)  # the evaluation before training
+    for _ in range(2):
+        progress.on_step_begin(None, state, None)
+        time.sleep(0.02)  # a training step
+        progress.on_step_end(None, state, None)
+        time.sleep(0.2)  # an evaluation and a checkpoint
+    assert bar.done == 200 and bar.paused >= 0.35  # the last pause is still running
+    assert bar.rate() > 2500  # 200 pairs in ~0.04 s of steps; wall clock would give under 400 pairs/s
+    assert bar.eta_seconds() < 0.2  # 200 pairs left at the steps' rate, not at the wall-clock one
+    progress.on_train_end(None, state, None)

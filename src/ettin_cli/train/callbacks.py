@@ -115,7 +115,8 @@ def make_callbacks(config: TrainConfig, meter: TokenMeter) -> list:
             self._restart()
 
     class Progress(TrainerCallback):
-        """A console.progress bar in pairs (rate, ETA) and one log line per logging step, on rank 0."""
+        """A console.progress bar in pairs (rate and ETA of training steps only) and one log line per logging
+        step, on rank 0."""
 
         def __init__(self) -> None:
             self._cm = None
@@ -129,10 +130,18 @@ def make_callbacks(config: TrainConfig, meter: TokenMeter) -> list:
             remaining = max(state.max_steps - state.global_step, 0) * global_batch
             self._cm = progress(remaining, "training", unit="pairs")
             self._bar = self._cm.__enter__()
+            self._bar.pause()  # until the first step starts (the evaluation before training is not counted)
+
+        # The bar's clock runs from a step's start to its end only: evaluation, checkpoints and logging between
+        # steps are left out of its rate and ETA (as they are of the logged pairs/s).
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self._bar is not None:
+                self._bar.resume()
 
         def on_step_end(self, args, state, control, **kwargs):
             if self._bar is not None:
                 self._bar.advance(global_batch)
+                self._bar.pause()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
