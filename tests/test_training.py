@@ -726,3 +726,26 @@ def test_the_training_rate_and_eta_leave_out_evaluation_time():
     assert bar.rate() > 2500  # 200 pairs in ~0.04 s of steps; wall clock would give under 400 pairs/s
     assert bar.eta_seconds() < 0.2  # 200 pairs left at the steps' rate, not at the wall-clock one
     progress.on_train_end(None, state, None)
+
+
+def test_training_reports_the_pairs_cut_at_max_length(trained, scored, tiny_modernbert_path):
+    """Counted from tokenized lengths: on every row of a small set, on a seeded sample of a large one."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from ettin_cli.train.data import count_cut_pairs
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_modernbert_path))
+    rows = load_pairs([str(scored["dir"])], {"query": "query", "document": "document", "score": None},
+                      cache_dir=str(scored["root"] / "cache"))[0]
+    lengths = [len(tok(q, d)["input_ids"]) for q, d in zip(rows["query"], rows["document"], strict=True)]
+    truncation = trained["record"]["truncation"]
+    assert truncation["max_length"] == 64 and truncation["sampled"] is False
+    assert truncation["counted"] == truncation["of"] == len(rows)
+    assert truncation["cut"] == sum(n > 64 for n in lengths) > 0  # Cranfield abstracts are longer than 64 tokens
+
+    big = Dataset.from_dict({"query": ["q"] * 500, "document": ["short"] * 250 + ["long " * 100] * 250})
+    sampled = count_cut_pairs(tok, big, 32, sample=100, seed=1)
+    assert sampled["sampled"] and sampled["counted"] == 100 and sampled["of"] == 500
+    assert 25 <= sampled["cut"] <= 75  # about half of a random sample
+    assert count_cut_pairs(tok, big, 32, sample=100, seed=1) == sampled  # seeded

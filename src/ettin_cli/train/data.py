@@ -318,3 +318,23 @@ def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str,
     teacher, teacher_format = data_teacher(train_summary, config.teacher)
     return train_ds, eval_ds, {"train": train_summary, "validation": eval_summary, "teacher": teacher,
                                "teacher_format": teacher_format}
+
+
+def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int = 2000,
+                    seed: int = 12) -> dict[str, Any]:
+    """How many training pairs are longer than `max_length` tokens (query + document, special tokens included)
+    and so are cut: counted on every row when there are at most `sample`, else on a seeded random sample of
+    `sample` rows (`sampled` says which)."""
+    import numpy as np
+
+    total = len(ds)
+    sampled = total > sample
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False)) if sampled \
+        else np.arange(total)
+    picked = ds.select(rows.tolist()) if sampled else ds
+    lengths = [len(ids) for ids in tokenizer(list(picked["query"]), list(picked["document"]), truncation=False,
+                                             verbose=False)["input_ids"]]
+    cut = sum(n > max_length for n in lengths)
+    return {"max_length": int(max_length), "counted": len(lengths), "of": total, "sampled": sampled,
+            "cut": int(cut), "cut_fraction": round(cut / len(lengths), 4) if lengths else 0.0,
+            "median_tokens": int(np.median(lengths)) if lengths else 0}

@@ -48,6 +48,7 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
         "data": data["train"],
         "validation_data": data["validation"],
         "train_rows": data["train_rows"],
+        "truncation": data.get("truncation"),
         "parameters": count_parameters(model),
         "max_length": max_length,
         "hyperparameters": {  # the model card's table, from the config

@@ -54,6 +54,12 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 3. Student.
     model = build_student_for(config, train_ds)
+    truncation = data.count_cut_pairs(model.tokenizer, train_ds, model.max_length, seed=config.training["seed"])
+    logger.info(f"max length {truncation['max_length']:,} tokens: {truncation['cut']:,} of {truncation['counted']:,} "
+                + (f"sampled training pairs (a seeded sample of {truncation['of']:,})" if truncation["sampled"]
+                   else "training pairs (all counted)")
+                + f" are longer and are cut ({100 * truncation['cut_fraction']:.1f}%; median "
+                  f"{truncation['median_tokens']} tokens)")
     evaluator = make_evaluator(config)
 
     # 4. Output folder: the global main process binds it and moves broken checkpoints aside before the others look.
@@ -87,6 +93,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 7. Save and record.
     data_summary["train_rows"] = len(train_ds)
+    data_summary["truncation"] = truncation
     record = outputs.build_record(config, model=model, state=trainer.state, history=history,
                                   train_metrics=result.metrics, final_model=final_model,
                                   after=after, data=data_summary, observed_batch=meter.max_rows,
