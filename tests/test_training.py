@@ -749,3 +749,34 @@ def test_training_reports_the_pairs_cut_at_max_length(trained, scored, tiny_mode
     assert sampled["sampled"] and sampled["counted"] == 100 and sampled["of"] == 500
     assert 25 <= sampled["cut"] <= 75  # about half of a random sample
     assert count_cut_pairs(tok, big, 32, sample=100, seed=1) == sampled  # seeded
+
+
+def test_eval_and_save_cadence_options(capsys, tmp_path, test_recipe, scored, cranfield_dir):
+    """--eval-steps / --save-steps: a ratio < 1, a count >= 1, or 0 (only before and after); 1.0 in a recipe is
+    once, at the end."""
+    code, out, err = run_cli(["train", "--size", "17m", "--print-config", "--eval-steps", "0.1", "--save-steps",
+                              "250"], capsys)
+    assert code == 0, err
+    train = json.loads(out)["training"]
+    assert (train["eval_steps"], train["save_steps"]) == (0.1, 250)
+    cfg = resolve_config(size="17m", eval_steps="0", save_steps="0", world_size=1, device="cpu")
+    kwargs = cfg.trainer_kwargs()
+    assert kwargs["eval_strategy"] == kwargs["save_strategy"] == "no" and not kwargs["load_best_model_at_end"]
+    assert "eval_steps" not in kwargs and kwargs["eval_on_start"]  # still evaluated before (and after) training
+    for bad in ("-1", "2.5", "often"):
+        with pytest.raises(EttinError, match="--eval-steps must be a ratio in \\(0, 1\\], a step count >= 1 or 0"):
+            resolve_config(size="17m", eval_steps=bad, world_size=1, device="cpu")
+    recipe = tmp_path / "once.yaml"
+    recipe.write_text(test_recipe.read_text() + "  eval_steps: 1.0\n  save_steps: 1.0\n")
+    once = resolve_config(recipe_file=str(recipe), world_size=1, device="cpu")
+    assert (once.training["eval_steps"], once.training["save_steps"]) == (0, 0)  # the evaluation after training
+    assert resolve_config(recipe_file=str(recipe), max_steps=8, world_size=1, device="cpu").training[
+        "eval_steps"] == 8
+
+    out_dir = tmp_path / "run"
+    record = run_training(train_request(test_recipe, scored, cranfield_dir, out_dir, max_steps=2, eval_steps="0",
+                                        save_steps="0"))
+    evals = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["evaluations"]
+    assert [e["step"] for e in evals] == [0] and not list(out_dir.glob("checkpoint-*"))
+    assert record["final_model"]["why"] == "the model at the last step 2, evaluated after training"
+    assert set(record["metrics"]["after"]) == {"cranfield", "mean"}

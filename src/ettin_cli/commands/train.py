@@ -62,6 +62,12 @@ def train(
     eval_top_k: int | None = typer.Option(None, "--eval-top-k", help="Candidates reranked per query (default 100)."),
     eval_max_queries: int | None = typer.Option(None, "--eval-max-queries",
                                                 help="Evaluate only the first N judged queries of each set."),
+    eval_steps: str | None = typer.Option(
+        None, "--eval-steps", help="Evaluate every N steps (N >= 1) or every ratio r < 1 of the steps; 0: only before "
+        "and after training (default: recipe, 0.05)."),
+    save_steps: str | None = typer.Option(
+        None, "--save-steps", help="Checkpoint every N steps or ratio r < 1 of the steps; 0: no checkpoints, only the "
+        "final model (default: recipe, 0.05)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (default: recipe, 12)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on an Ampere+ GPU, else fp32), float32, bfloat16."),
     attn: str = typer.Option("auto", "--attn", help="auto (FA2 when available, else sdpa), sdpa, eager, "
@@ -85,7 +91,7 @@ def train(
         global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size, max_length=max_length,
         eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries, seed=seed,
         dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
-        save_initial=save_initial,
+        save_initial=save_initial, eval_steps=eval_steps, save_steps=save_steps,
     )
     if print_config:
         typer.echo(json.dumps(config.to_dict(), indent=2))

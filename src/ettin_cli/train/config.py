@@ -218,7 +218,8 @@ def backbone_shape(backbone: str, model: dict[str, Any], recipe_backbone: str | 
 
 
 def cadence(value: Any, name: str, where: str) -> float | int:
-    """A cadence: a ratio of the total steps (0 < r <= 1), a step count (an integer >= 1) or 0 (never).
+    """A cadence: a ratio of the total steps (0 < r <= 1), a step count (an integer >= 1) or 0 (no periodic one:
+    only before and after training).
 
     `1.0` is a ratio (once, at the end); `1` is every step.
     """
@@ -310,8 +311,12 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         elif key in training:
             training[key] = cadence(training[key], f"training.{key}", where)
         value = training.get(key)
-        if isinstance(value, float) and 0 < value < 1 and "max_steps" in training:
+        if isinstance(value, float) and 0 < value <= 1 and "max_steps" in training:
             training[key] = math.ceil(training["max_steps"] * value)  # what the trainer would make of the ratio
+        elif value == 1.0 and isinstance(value, float):
+            # 1.0 = once, at the end; the trainer would read it as "every step". The evaluation after training
+            # (and the final model) are that once, so no periodic one is needed.
+            training[key] = 0
 
     max_length = opt.get("max_length", model.get("max_length"))
     if max_length is not None:
