@@ -302,6 +302,8 @@ def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str,
 
     The eval pairs are `--validation-data`, else the validation split of the Hub / dataset-folder sources.
     """
+    import numpy as np
+
     data_cfg = config.data
     train_ds, train_summary = load_pairs(data_cfg["train"], data_cfg["columns"], split=data_cfg["train_split"],
                                          cache_dir=config.cache_dir, holdout=data_cfg["eval_split"])
@@ -316,8 +318,10 @@ def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str,
     logger.info(f"training pairs: {len(train_ds):,} (Arrow cache on disk: {cache_bytes(train_ds) / 1e9:.2f} GB)"
                 + (f"; eval-loss pairs: {len(eval_ds):,}" if eval_ds is not None else ""))
     teacher, teacher_format = data_teacher(train_summary, config.teacher)
+    # The teacher's held-out scores' variance: an eval MSE above it is worse than predicting their mean.
+    variance = float(np.var(eval_ds.with_format("numpy")["label"][:])) if eval_ds is not None else None
     return train_ds, eval_ds, {"train": train_summary, "validation": eval_summary, "teacher": teacher,
-                               "teacher_format": teacher_format}
+                               "teacher_format": teacher_format, "validation_variance": variance}
 
 
 def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int = 2000,
@@ -335,6 +339,10 @@ def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int
     lengths = [len(ids) for ids in tokenizer(list(picked["query"]), list(picked["document"]), truncation=False,
                                              verbose=False)["input_ids"]]
     cut = sum(n > max_length for n in lengths)
+    logger.info(f"max length {max_length:,} tokens: {cut:,} of {len(lengths):,} "
+                + (f"sampled training pairs (a seeded sample of {total:,})" if sampled
+                   else "training pairs (all counted)")
+                + f" are longer and are cut ({100 * cut / max(len(lengths), 1):.1f}%)")
     return {"max_length": int(max_length), "counted": len(lengths), "of": total, "sampled": sampled,
             "cut": int(cut), "cut_fraction": round(cut / len(lengths), 4) if lengths else 0.0,
             "median_tokens": int(np.median(lengths)) if lengths else 0}

@@ -27,7 +27,6 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
-    import numpy as np
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
@@ -54,12 +53,8 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 3. Student.
     model = build_student_for(config, train_ds)
-    truncation = data.count_cut_pairs(model.tokenizer, train_ds, model.max_length, seed=config.training["seed"])
-    logger.info(f"max length {truncation['max_length']:,} tokens: {truncation['cut']:,} of {truncation['counted']:,} "
-                + (f"sampled training pairs (a seeded sample of {truncation['of']:,})" if truncation["sampled"]
-                   else "training pairs (all counted)")
-                + f" are longer and are cut ({100 * truncation['cut_fraction']:.1f}%; median "
-                  f"{truncation['median_tokens']} tokens)")
+    data_summary["truncation"] = data.count_cut_pairs(model.tokenizer, train_ds, model.max_length,
+                                                      seed=config.training["seed"])
     evaluator = make_evaluator(config)
 
     # 4. Output folder: the global main process binds it and moves broken checkpoints aside before the others look.
@@ -78,7 +73,6 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 5. Trainer.
     meter = TokenMeter(model)
-    targets_variance = float(np.var(eval_ds.with_format("numpy")["label"][:])) if eval_ds is not None else None
     loss, train_ds, eval_ds = prepare_loss(config.loss, model, train_ds, eval_ds, args)
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
                               evaluator=evaluator, callbacks=[*make_callbacks(config, meter), *(callbacks or [])])
@@ -93,12 +87,11 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 7. Save and record.
     data_summary["train_rows"] = len(train_ds)
-    data_summary["truncation"] = truncation
     record = outputs.build_record(config, model=model, state=trainer.state, history=history,
                                   train_metrics=result.metrics, final_model=final_model,
                                   after=after, data=data_summary, observed_batch=meter.max_rows,
                                   resumed_from=resume_from.name if resume_from else None)
-    record["quality_flags"] = outputs.check_quality(record, targets_variance) if rank.is_main else []
+    record["quality_flags"] = outputs.check_quality(record, data_summary["validation_variance"]) if rank.is_main else []
     if rank.is_main:
         outputs.save_final(trainer, out, record, history, after)
     if args.world_size > 1:
