@@ -46,7 +46,7 @@ ROWS: list[tuple[str, str, dict[str, dict[str, Any]], str]] = [
      "q-all-16"),
     ("pool-cls", "model.pooling: cls", {"model": {"pooling": "cls"}}, "q-all-16"),
     ("lr-2.4e-4", "lr 2.4e-4 (17m's), warmup 3% (the release's)",
-     {"training": {"learning_rate": 2.4e-4, "warmup_ratio": 0.03}}, "q-all-16"),
+     {"training": {"learning_rate": 2.4e-4, "warmup_steps": 0.03}}, "q-all-16"),
     ("lr-3e-5", "lr 3e-5, warmup 10%", {"training": {"learning_rate": 3.0e-5}}, "q-all-16"),
     ("len-128", "model.max_length: 128", {"model": {"max_length": 128}}, "q-all-16"),
     ("q-half-32", "half the queries x 32 candidates (same pairs/step)", {}, "q-half-32"),

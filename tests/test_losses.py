@@ -78,7 +78,7 @@ def test_listwise_training_runs_through_the_cli_with_the_recipe_batch_in_pairs(c
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"size: tiny\nmodel:\n  backbone: {tiny_modernbert_path}\n  max_length: 32\n"
                       f"training:\n  loss: {name}\n  list_size: 4\n  global_batch_size: 8\n  learning_rate: 1.0e-4\n"
-                      "  dataloader_num_workers: 0\n  eval_before_training: false\n")
+                      "  dataloader_num_workers: 0\n  eval_on_start: false\n")
     out = tmp_path / "out"
     code, _, err = run_cli(["-q", "train", "--recipe", str(recipe), "--data", str(tmp_path / "pairs.parquet"),
                             "--output-dir", str(out), "--max-steps", "2", "--eval-data", str(cranfield_dir),

@@ -20,18 +20,11 @@ from conftest import REPO_ROOT, make_pairs, run_cli
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io.beir import BeirDataset
-from ettin_cli.train.training import (
-    CHECKPOINT_RECORD,
-    TrainRequest,
-    _training_args,
-    bind_output_dir,
-    checkpoint_problem,
-    load_pairs,
-    make_nanobeir_evaluator,
-    resolve_config,
-    run_training,
-    training_arguments,
-)
+from ettin_cli.train.checkpoints import CHECKPOINT_RECORD, bind_output_dir, checkpoint_problem
+from ettin_cli.train.config import TrainConfig, resolve_config
+from ettin_cli.train.data import load_pairs
+from ettin_cli.train.evaluators import make_nanobeir_evaluator
+from ettin_cli.train.run import run_training
 
 RECIPE_MD = REPO_ROOT.parent / "shared" / "RECIPE.md"
 SIZES = ["17m", "32m", "68m", "150m", "400m", "1b"]
@@ -117,25 +110,25 @@ def test_recipe(tiny_modernbert_path, tmp_path_factory) -> Path:
     path.write_text(
         "size: tiny\n"
         f"model:\n  backbone: {tiny_modernbert_path}\n  hidden_size: 32\n  max_length: 64\n"
-        "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps_ratio: 0.25\n"
-        "  save_steps_ratio: 0.25\n  logging_steps_ratio: 0.125\n  dataloader_num_workers: 0\n",
+        "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps: 0.25\n"
+        "  save_steps: 0.25\n  logging_steps: 0.125\n  dataloader_num_workers: 0\n",
         encoding="utf-8")
     return path
 
 
-def train_request(test_recipe, scored, cranfield_dir, out: Path, **kw) -> TrainRequest:
+def train_request(test_recipe, scored, cranfield_dir, out: Path, **kw) -> TrainConfig:
     base = dict(recipe_file=str(test_recipe), data=[str(scored["dir"])], validation_data=[str(scored["held_path"])],
                 output_dir=str(out), max_steps=STEPS,
                 eval_data=[str(cranfield_dir)], eval_top_k=10, eval_max_queries=8,
                 cache_dir=str(scored["root"] / "cache"))
     base.update(kw)
-    return TrainRequest(**base)
+    return resolve_config(**base)
 
 
 @pytest.fixture(scope="module")
 def trained(test_recipe, scored, cranfield_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    config = train_request(test_recipe, scored, cranfield_dir, out)
     record = run_training(config)
     return {"out": out, "config": config, "record": record}
 
@@ -151,25 +144,25 @@ def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
         assert code == 0, err
         cfg = json.loads(out)
         row = table[size]
+        train = cfg["training"]
         assert cfg["backbone"] == f"jhu-clsp/ettin-encoder-{size}"
-        assert cfg["learning_rate"] == float(row["lr"])
+        assert train["learning_rate"] == float(row["lr"])
         assert cfg["global_batch_size"] == int(row["batch"])
         assert cfg["architecture"]["hidden_size"] == int(row["hidden"])
         assert cfg["architecture"]["num_layers"] == int(row["layers"])
         assert cfg["architecture"]["parameters"] == row["params"]
         # the same for every size (RECIPE.md "Same for all sizes")
-        assert cfg["world_size"] == 1 and cfg["per_device_batch_size"] == int(row["batch"])
-        assert cfg["gradient_accumulation_steps"] == 1
-        assert cfg["num_train_epochs"] == 1 and cfg["max_steps"] is None
-        assert cfg["warmup_ratio"] == 0.03 and cfg["lr_scheduler_type"] == "linear"
-        assert cfg["seed"] == 12
+        assert cfg["world_size"] == 1 and train["per_device_train_batch_size"] == int(row["batch"])
+        assert train["gradient_accumulation_steps"] == 1
+        assert train["num_train_epochs"] == 1 and "max_steps" not in train
+        assert train["warmup_steps"] == 0.03 and train["lr_scheduler_type"] == "linear"
+        assert train["seed"] == 12
         assert cfg["precision"]["recipe"] == "bf16 + flash_attention_2"
         assert cfg["precision"]["dtype"] == "float32" and cfg["precision"]["attn"] == "sdpa"  # this CPU box
-        cad = cfg["cadence"]
-        assert (cad["eval_steps_ratio"], cad["save_steps_ratio"], cad["logging_steps_ratio"]) == (0.05, 0.05, 0.025)
-        assert cad["save_total_limit"] == 5 and cad["logging_first_step"] and cad["load_best_model_at_end"]
-        assert cad["metric_for_best_model"] == "eval_NanoBEIR_R100_mean_ndcg@10"
-        assert cfg["dataloader_num_workers"] == 4
+        assert (train["eval_steps"], train["save_steps"], train["logging_steps"]) == (0.05, 0.05, 0.025)
+        assert train["save_total_limit"] == 5 and train["logging_first_step"] and train["load_best_model_at_end"]
+        assert train["metric_for_best_model"] == "eval_NanoBEIR_R100_mean_ndcg@10"
+        assert train["dataloader_num_workers"] == 4
         assert cfg["teacher"] == "mixedbread-ai/mxbai-rerank-large-v2"
         assert cfg["data"]["train"] == ["cross-encoder/ettin-reranker-v1-data"]
         assert cfg["data"]["eval_split"] == "validation"
@@ -177,7 +170,13 @@ def test_print_config_matches_recipe_md_for_all_six_sizes(capsys, monkeypatch):
         assert ev["benchmark"] == "nanobeir" and len(ev["datasets"]) == 13
         assert ev["top_k"] == 100 and ev["retriever"] == "bm25" and ev["force_positives"] is False
         assert cfg["output_dir"].endswith(f"runs/ettin-reranker-{size}")
-        assert cfg["max_length"] == 512
+        # no max length set: the student keeps the backbone's maximum, read from the recipe's backbone facts
+        assert cfg["max_length"] is None and cfg["architecture"]["max_length"] == 7999
+        # the release's arguments beyond the recipe table (RECIPE.md, "Facts of the published release")
+        assert (train["dataloader_drop_last"], train["optim"], train["weight_decay"], train["max_grad_norm"]) == (
+            True, "adamw_torch", 0.0, 1.0)
+        assert cfg["data"]["columns"]["score"] is None  # label or score, whichever exists
+        assert TrainConfig.from_dict(cfg).to_dict() == cfg  # one config, symmetric
 
 
 def test_print_config_loads_nothing(tmp_path):
@@ -192,17 +191,17 @@ def test_print_config_loads_nothing(tmp_path):
 
 def test_world_size_splits_the_global_batch_and_workers_drop_beyond_8():
     for world, per_device, workers in ((2, 512, 4), (8, 128, 4), (16, 64, 0)):
-        cfg = resolve_config(TrainRequest(size="17m"), world_size=world, device="cpu")
-        assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (per_device, 1)
-        assert cfg["dataloader_num_workers"] == workers
-    cfg = resolve_config(TrainRequest(size="150m", per_device_batch_size=24), world_size=4, device="cpu")
-    assert (cfg["per_device_batch_size"], cfg["gradient_accumulation_steps"]) == (24, 2)  # 24 x 4 x 2 = 192
+        cfg = resolve_config(size="17m", world_size=world, device="cpu")
+        assert (cfg.per_device_batch_size, cfg.training["gradient_accumulation_steps"]) == (per_device, 1)
+        assert cfg.training["dataloader_num_workers"] == workers
+    cfg = resolve_config(size="150m", per_device_batch_size=24, world_size=4, device="cpu")
+    assert (cfg.per_device_batch_size, cfg.training["gradient_accumulation_steps"]) == (24, 2)  # 24 x 4 x 2 = 192
     with pytest.raises(EttinError, match="does not divide"):
-        resolve_config(TrainRequest(size="150m", per_device_batch_size=50), world_size=1, device="cpu")
+        resolve_config(size="150m", per_device_batch_size=50, world_size=1, device="cpu")
     with pytest.raises(EttinError, match="not divisible by world size 5"):
-        resolve_config(TrainRequest(size="17m"), world_size=5, device="cpu")
+        resolve_config(size="17m", world_size=5, device="cpu")
     with pytest.raises(EttinError, match="--learning-rate"):
-        resolve_config(TrainRequest(size="17m", learning_rate=-1.0), device="cpu")
+        resolve_config(size="17m", learning_rate=-1.0, device="cpu")
 
 
 def test_overrides_and_environment_world_size(capsys, monkeypatch, tmp_path):
@@ -212,18 +211,19 @@ def test_overrides_and_environment_world_size(capsys, monkeypatch, tmp_path):
                               "--base-model", "someone/encoder", "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 0, err
     cfg = json.loads(out)
-    assert (cfg["learning_rate"], cfg["max_steps"], cfg["global_batch_size"]) == (1e-5, 1000, 256)
-    assert (cfg["world_size"], cfg["per_device_batch_size"], cfg["max_length"], cfg["seed"]) == (8, 32, 1024, 7)
+    train = cfg["training"]
+    assert (train["learning_rate"], train["max_steps"], cfg["global_batch_size"]) == (1e-5, 1000, 256)
+    assert (cfg["world_size"], train["per_device_train_batch_size"], cfg["max_length"], train["seed"]) == (
+        8, 32, 1024, 7)
     assert cfg["backbone"] == "someone/encoder"
     # with the step count known, the ratios become the trainer's step counts
-    assert (cfg["cadence"]["eval_steps"], cfg["cadence"]["save_steps"], cfg["cadence"]["logging_steps"]) == (
-        50, 50, 25)
+    assert (train["eval_steps"], train["save_steps"], train["logging_steps"]) == (50, 50, 25)
     assert not (tmp_path / "o").exists()
 
 
 def test_trainer_arguments_carry_the_recipe(tmp_path):
-    cfg = resolve_config(TrainRequest(size="68m", output_dir=str(tmp_path / "o")), world_size=1, device="cpu")
-    args = _training_args(cfg, eval_on_start=True)
+    cfg = resolve_config(size="68m", output_dir=str(tmp_path / "o"), world_size=1, device="cpu")
+    args = cfg.trainer_arguments(eval_on_start=True)
     assert args.learning_rate == 3e-5 and args.per_device_train_batch_size == 256
     assert args.gradient_accumulation_steps == 1 and args.num_train_epochs == 1 and args.seed == 12
     assert args.get_warmup_steps(1000) == 30 and args.lr_scheduler_type == "linear"
@@ -233,11 +233,26 @@ def test_trainer_arguments_carry_the_recipe(tmp_path):
     assert args.eval_on_start and args.dataloader_num_workers == 4
     assert not args.bf16  # CPU: fp32
     assert args.use_cpu and not args.bf16
-    gpu = dict(cfg, precision={**cfg["precision"], "device": "cuda:0", "dtype": "bfloat16",
-                               "attn": "flash_attention_2"})
-    kwargs = training_arguments(gpu, eval_on_start=False)
+    gpu = TrainConfig.from_dict({**cfg.to_dict(), "precision": {**cfg.precision, "device": "cuda:0",
+                                                                 "dtype": "bfloat16", "attn": "flash_attention_2"}})
+    kwargs = gpu.trainer_kwargs(eval_on_start=False)
     assert kwargs["bf16"] is True and kwargs["use_cpu"] is False and kwargs["ddp_backend"] is None
     assert not (tmp_path / "o").exists()
+
+
+def test_recipe_training_keys_pass_through_and_unknown_ones_are_refused(tmp_path):
+    """`training:` keys are trainer field names (numeric strings coerced); a misspelt one is one line."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
+                      "adam_beta2: '0.98', weight_decay: 1e-2}\n")
+    cfg = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cpu")
+    args = cfg.trainer_arguments()
+    assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (1e-4, 0.98, 0.01)
+    recipe.write_text("size: x\nmodel: {backbone: b}\ntraining: {learning_rate: 1e-4, global_batch_size: 8, "
+                      "warmup_ration: 0.1}\n")
+    cfg = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cpu")
+    with pytest.raises(EttinError, match=r"training\.warmup_ration: not a CrossEncoderTrainingArguments field"):
+        cfg.trainer_arguments()
 
 
 def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkeypatch):
@@ -247,12 +262,12 @@ def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkey
     loaded = []
     monkeypatch.setattr(CrossEncoderNanoBEIREvaluator, "_load_dataset",
                         lambda self, name, **kw: loaded.append((name, kw)) or name)
-    cfg = resolve_config(TrainRequest(size="17m"), world_size=1, device="cpu")
-    ev = make_nanobeir_evaluator(cfg["evaluation"]["datasets"], top_k=100, batch_size=64)
+    cfg = resolve_config(size="17m", world_size=1, device="cpu")
+    ev = make_nanobeir_evaluator(cfg.evaluation["datasets"], top_k=100, batch_size=64)
     assert len(loaded) == 13 and {"arguana", "touche2020"} <= {n for n, _ in loaded}
     assert ev.rerank_k == 100 and ev.at_k == 10 and ev.always_rerank_positives is False
     assert all(kw["always_rerank_positives"] is False for _, kw in loaded)
-    assert f"{ev.name}_{ev.primary_metric}" == cfg["evaluation"]["primary_metric"]
+    assert f"{ev.name}_{ev.primary_metric}" == cfg.primary_metric
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -264,6 +279,11 @@ def test_score_folder_and_files_load_memory_mapped(scored):
     assert ds.column_names == ["query", "document", "label"]
     assert len(ds) == scored["rows"] and summary[0]["kind"] == "score-dir" and summary[0]["rows"] == len(ds)
     assert summary[0]["teacher_format"] == "bi-encoder"
+    # the folder also carries the qrels `label` of its input: its manifest names `score` as the target
+    assert summary[0]["target_column"] == "score"
+    ds_auto, _ = load_pairs([str(scored["dir"])], {"query": "query", "document": "document", "score": None},
+                            cache_dir=str(scored["root"] / "cache"))
+    assert ds_auto["label"][:5] == ds["label"][:5]
     assert ds.cache_files  # backed by Arrow files on disk, not an in-memory table
     import pyarrow.parquet as pq
 
@@ -340,8 +360,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
                    r"unknown size '3m': choose one of 17m, 32m, 68m, 150m, 400m, 1b", out)
     no_score = bad_parquet(tmp_path, "no_score.parquet", **good, teacher=[1.0, 2.0, 3.0])
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(no_score), *common],
-                   r"no_score\.parquet: no 'score' column \(columns: query, document, teacher\); "
-                   r"map it with --score-column", out)
+                   r"no_score\.parquet: neither a 'label' nor a 'score' column \(columns: query, document, "
+                   r"teacher\); name the target with --score-column", out)
     nan = bad_parquet(tmp_path, "nan.parquet", query=[f"q{i}" for i in range(12)], document=["d"] * 12,
                       score=[1.0, 2.0, 3.0, float("nan"), 1.0, 1.0, 1.0, float("inf"), 0.0, 0.0, float("-inf"), 1.0])
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(nan), *common],
@@ -358,17 +378,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
     ok = bad_parquet(tmp_path, "ok.parquet", **good, score=[1.0, 2.0, 3.0])
     missing_model = ["--base-model", str(tmp_path / "no-model")]
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common, *missing_model],
-                   r"no-model: the path does not exist", out)
+                   r"no-model: no such file or folder", out)
     assert not out.exists()
 
     # an output folder holding another run: refused, nothing in it touched
-    other = resolve_config(TrainRequest(size="17m", data=[str(ok)], base_model=str(tiny_modernbert_path),
-                                        output_dir=str(out), eval_data=[str(cranfield_dir)], max_steps=2,
-                                        learning_rate=0.5))
+    other = resolve_config(size="17m", data=[str(ok)], base_model=str(tiny_modernbert_path),
+                           output_dir=str(out), eval_data=[str(cranfield_dir)], max_steps=2, learning_rate=0.5)
     bind_output_dir(other)
     (out / "checkpoint-3").mkdir()
     assert_refused(capsys, ["train", "--size", "17m", "--data", str(ok), *common],
-                   r"holds a run with a different config \(learning_rate: 0\.5 -> 0\.00024\); use another", out)
+                   r"holds a run with a different config \(training\.learning_rate: 0\.5 -> 0\.00024\); use another",
+                   out)
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine", encoding="utf-8")
@@ -475,7 +495,7 @@ def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_
                 raise Interrupt("simulated crash")
 
     out = tmp_path / "out"
-    config = resolve_config(train_request(test_recipe, scored, cranfield_dir, out))
+    config = train_request(test_recipe, scored, cranfield_dir, out)
     with pytest.raises(Interrupt):
         run_training(config, callbacks=[CrashAfterSave()])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -485,7 +505,7 @@ def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_
     opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
     assert "optimizer.pt has" in checkpoint_problem(out / "checkpoint-4")
 
-    record = run_training(resolve_config(train_request(test_recipe, scored, cranfield_dir, out, resume=True)))
+    record = run_training(train_request(test_recipe, scored, cranfield_dir, out, resume=True))
     assert record["resumed_from"] == "checkpoint-2"
     assert (out / "checkpoint-4.corrupt").is_dir()  # kept aside, not deleted
     assert_same_weights(out / "final", trained["out"] / "final")
@@ -547,8 +567,8 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
     from sentence_transformers.cross_encoder.losses import MSELoss
 
     from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.callbacks import trainer_class
     from ettin_cli.train.student import build_student
-    from ettin_cli.train.training import _trainer_class
 
     seen = []
 
@@ -566,7 +586,7 @@ def test_evaluation_runs_under_the_training_mixed_precision(tiny_modernbert_path
     for bf16 in (True, False):
         args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / str(bf16)), bf16=bf16, use_cpu=True,
                                              report_to="none", disable_tqdm=True)
-        trainer = _trainer_class()(model=model, args=args, train_dataset=data, loss=MSELoss(model),
+        trainer = trainer_class()(model=model, args=args, train_dataset=data, loss=MSELoss(model),
                                    evaluator=Probe())
         assert trainer.evaluate()["eval_probe"] == 1.0
     assert len(seen) == 2 and seen[0] == (True, torch.bfloat16) and seen[1][0] is False
@@ -577,7 +597,7 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
     import pyarrow as pa
 
     from ettin_cli.io import shards
-    from ettin_cli.train.training import _score_dir_teacher
+    from ettin_cli.train.data import score_dir_teacher
 
     scored, selected = tmp_path / "scored", tmp_path / "selected"
     for folder, config, extra in ((scored, {"step": "score", "teacher": None, "teacher_sha256": "ab" * 32},
@@ -586,16 +606,14 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
         shards.prepare_output(folder, config)
         shards.write_shard(folder, 0, pa.table({"query": ["q"], "document": ["d"], "score": [0.5]}))
         shards.finalize_manifest(folder, expected_shards=1, extra=extra)
-    assert _score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
-    assert _score_dir_teacher(str(selected)) == _score_dir_teacher(str(scored))
+    assert score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
+    assert score_dir_teacher(str(selected)) == score_dir_teacher(str(scored))
 
 
 def test_a_folder_of_parquet_and_jsonl_is_refused_not_half_read(tmp_path):
     """Files of both kinds in one --data folder: an error, never the parquet half silently alone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ettin_cli.train.training import load_pairs
 
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -611,7 +629,6 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
     import torch
 
     from ettin_cli.core import hardware
-    from ettin_cli.train.training import TrainRequest, resolve_config
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(hardware, "flash_attn_installed", lambda: True)
@@ -620,10 +637,146 @@ def test_the_recipe_precision_is_honoured_where_the_hardware_runs_mixed_precisio
         recipe = tmp_path / f"{precision}.yaml"
         recipe.write_text(f"size: x\nmodel: {{backbone: b}}\ntraining: {{learning_rate: 1.0e-4, "
                           f"global_batch_size: 8, precision: {precision}}}\n")
-        config = resolve_config(TrainRequest(recipe_file=str(recipe), data=["x.parquet"]), world_size=1,
-                                device="cuda:0")
-        got[precision] = (config["precision"]["dtype"], config["precision"]["attn"])
+        config = resolve_config(recipe_file=str(recipe), data=["someone/pairs"], world_size=1, device="cuda:0")
+        got[precision] = (config.precision["dtype"], config.precision["attn"])
     assert got == {"bf16": ("bfloat16", "flash_attention_2"), "fp16": ("float16", "flash_attention_2"),
                    "fp32": ("float32", "sdpa")}
-    cpu = resolve_config(TrainRequest(size="17m", data=["x.parquet"]), world_size=1, device="cpu")
-    assert (cpu["precision"]["dtype"], cpu["precision"]["attn"]) == ("float32", "sdpa")
+    cpu = resolve_config(size="17m", data=["someone/pairs"], world_size=1, device="cpu")
+    assert (cpu.precision["dtype"], cpu.precision["attn"]) == ("float32", "sdpa")
+
+
+def test_a_run_worse_than_its_start_is_flagged_with_a_warning(trained, scored, caplog):
+    """Held-out NDCG@10 after < before, or eval MSE above the teacher scores' variance: a WARNING and a flag."""
+    import logging
+
+    from ettin_cli.train.outputs import check_quality
+
+    real = trained["record"]
+    expected = [name for name, bad in (
+        ("ndcg_after_below_before", real["metrics"]["after"]["mean"] < real["metrics"]["before"]["mean"]),
+        ("mse_above_variance", real["metrics"]["after_eval_loss"] > float(np.var(scored["held_scores"]))))
+        if bad]
+    assert real["quality_flags"] == expected  # 8 tiny steps: the MSE is still above the cosines' small variance
+    record = {"config": {"loss": {"name": "mse"}},
+              "metrics": {"before": {"mean": 0.40}, "after": {"mean": 0.35}, "after_eval_loss": 2.5}}
+    with caplog.at_level(logging.WARNING):
+        flags = check_quality(record, targets_variance=2.0)
+    assert flags == ["ndcg_after_below_before", "mse_above_variance"]
+    text = caplog.text
+    assert "NDCG@10 0.3500 is BELOW the untrained student's 0.4000: training made the ranking worse" in text
+    assert "MSE to the teacher 2.5000 is ABOVE the variance of its scores 2.0000" in text
+    good = {**record, "metrics": {"before": {"mean": 0.40}, "after": {"mean": 0.45}, "after_eval_loss": 1.0}}
+    assert check_quality(good, targets_variance=2.0) == []
+
+
+def test_the_best_checkpoint_is_named_and_not_evaluated_again(trained):
+    """load_best_model_at_end: the kept model's evaluation is the one logged at its step (no second pass), and the
+    record and the last log line say which step was loaded and why."""
+    from types import SimpleNamespace
+
+    from ettin_cli.train.outputs import final_evaluation
+
+    record = trained["record"]
+    best = record["metrics"]["best_step"]
+    assert record["final_model"]["step"] == best and f"checkpoint-{best} loaded at the end" in record[
+        "final_model"]["why"]
+    metrics = json.loads((trained["out"] / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["final_evaluation"]["step"] == best  # the logged evaluation of that step, not a new one
+    assert [e["step"] for e in metrics["evaluations"]] == [0, 2, 4, 6, 8]
+
+    def no_second_pass():
+        raise AssertionError("evaluated again")
+
+    key = "eval_BEIR_R10_mean_ndcg@10"
+    history = [{"step": 0, key: 0.3}, {"step": 2, key: 0.5}, {"step": 4, key: 0.4}]
+    args = SimpleNamespace(metric_for_best_model=key, load_best_model_at_end=True, greater_is_better=True)
+    state = SimpleNamespace(best_model_checkpoint="/o/checkpoint-2", global_step=4, best_global_step=2)
+    after, kept = final_evaluation(SimpleNamespace(state=state, args=args, evaluate=no_second_pass), history)
+    assert after == history[1] and kept["step"] == 2
+    assert kept["why"].startswith("checkpoint-2 loaded at the end (step 2 of 4): the highest "
+                                  "BEIR_R10_mean_ndcg@10 of 3 evaluations, 0.5000")
+    # no best loaded, training ended between evaluations: one evaluation after training
+    args.load_best_model_at_end = False
+    state.global_step = 5
+    after, kept = final_evaluation(SimpleNamespace(state=state, args=args, evaluate=lambda: {key: 0.6}), history)
+    assert after == {key: 0.6} and kept == {"step": 5, "why": "the model at the last step 5, evaluated after training"}
+
+
+def test_the_training_rate_and_eta_leave_out_evaluation_time():
+    """The progress bar's clock runs from a step's start to its end only: a pause between steps (an evaluation)
+    does not lower the rate or lengthen the ETA."""
+    import time
+    from types import SimpleNamespace
+
+    from ettin_cli.train.callbacks import make_callbacks
+
+    config = SimpleNamespace(global_batch_size=100, world_size=1, primary_metric="m",
+                             evaluation={"benchmark": "beir"})
+    progress = make_callbacks(config, SimpleNamespace(tokens=0))[2]
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=4, global_step=0)
+    progress.on_train_begin(None, state, None)
+    bar = progress._bar
+    time.sleep(0.2)  # the evaluation before training
+    for _ in range(2):
+        progress.on_step_begin(None, state, None)
+        time.sleep(0.02)  # a training step
+        progress.on_step_end(None, state, None)
+        time.sleep(0.2)  # an evaluation and a checkpoint
+    assert bar.done == 200 and bar.paused >= 0.35  # the last pause is still running
+    assert bar.rate() > 2500  # 200 pairs in ~0.04 s of steps; wall clock would give under 400 pairs/s
+    assert bar.eta_seconds() < 0.2  # 200 pairs left at the steps' rate, not at the wall-clock one
+    progress.on_train_end(None, state, None)
+
+
+def test_training_reports_the_pairs_cut_at_max_length(trained, scored, tiny_modernbert_path):
+    """Counted from tokenized lengths: on every row of a small set, on a seeded sample of a large one."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from ettin_cli.train.data import count_cut_pairs
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_modernbert_path))
+    rows = load_pairs([str(scored["dir"])], {"query": "query", "document": "document", "score": None},
+                      cache_dir=str(scored["root"] / "cache"))[0]
+    lengths = [len(tok(q, d)["input_ids"]) for q, d in zip(rows["query"], rows["document"], strict=True)]
+    truncation = trained["record"]["truncation"]
+    assert truncation["max_length"] == 64 and truncation["sampled"] is False
+    assert truncation["counted"] == truncation["of"] == len(rows)
+    assert truncation["cut"] == sum(n > 64 for n in lengths) > 0  # Cranfield abstracts are longer than 64 tokens
+
+    big = Dataset.from_dict({"query": ["q"] * 500, "document": ["short"] * 250 + ["long " * 100] * 250})
+    sampled = count_cut_pairs(tok, big, 32, sample=100, seed=1)
+    assert sampled["sampled"] and sampled["counted"] == 100 and sampled["of"] == 500
+    assert 25 <= sampled["cut"] <= 75  # about half of a random sample
+    assert count_cut_pairs(tok, big, 32, sample=100, seed=1) == sampled  # seeded
+
+
+def test_eval_and_save_cadence_options(capsys, tmp_path, test_recipe, scored, cranfield_dir):
+    """--eval-steps / --save-steps: a ratio < 1, a count >= 1, or 0 (only before and after); 1.0 in a recipe is
+    once, at the end."""
+    code, out, err = run_cli(["train", "--size", "17m", "--print-config", "--eval-steps", "0.1", "--save-steps",
+                              "250"], capsys)
+    assert code == 0, err
+    train = json.loads(out)["training"]
+    assert (train["eval_steps"], train["save_steps"]) == (0.1, 250)
+    cfg = resolve_config(size="17m", eval_steps="0", save_steps="0", world_size=1, device="cpu")
+    kwargs = cfg.trainer_kwargs()
+    assert kwargs["eval_strategy"] == kwargs["save_strategy"] == "no" and not kwargs["load_best_model_at_end"]
+    assert "eval_steps" not in kwargs and kwargs["eval_on_start"]  # still evaluated before (and after) training
+    for bad in ("-1", "2.5", "often"):
+        with pytest.raises(EttinError, match="--eval-steps must be a ratio in \\(0, 1\\], a step count >= 1 or 0"):
+            resolve_config(size="17m", eval_steps=bad, world_size=1, device="cpu")
+    recipe = tmp_path / "once.yaml"
+    recipe.write_text(test_recipe.read_text() + "  eval_steps: 1.0\n  save_steps: 1.0\n")
+    once = resolve_config(recipe_file=str(recipe), world_size=1, device="cpu")
+    assert (once.training["eval_steps"], once.training["save_steps"]) == (0, 0)  # the evaluation after training
+    assert resolve_config(recipe_file=str(recipe), max_steps=8, world_size=1, device="cpu").training[
+        "eval_steps"] == 8
+
+    out_dir = tmp_path / "run"
+    record = run_training(train_request(test_recipe, scored, cranfield_dir, out_dir, max_steps=2, eval_steps="0",
+                                        save_steps="0"))
+    evals = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["evaluations"]
+    assert [e["step"] for e in evals] == [0] and not list(out_dir.glob("checkpoint-*"))
+    assert record["final_model"]["why"] == "the model at the last step 2, evaluated after training"
+    assert set(record["metrics"]["after"]) == {"cranfield", "mean"}

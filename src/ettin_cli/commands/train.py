@@ -30,8 +30,9 @@ def train(
     size: str | None = typer.Option(None, "--size", help="Student size: 17m, 32m, 68m, 150m, 400m or 1b."),
     recipe: Path | None = typer.Option(None, "--recipe", help="A custom recipe YAML, merged over recipes/shared.yaml."),
     data: list[str] | None = typer.Option(
-        None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a dataset "
-        "folder or a Hub data set id (all subsets concatenated). Default: the recipe's Hub data set."),
+        None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a Hub "
+        "data set id or a local folder in the Hub's layout (every config's train split concatenated). Default: the "
+        "published cross-encoder/ettin-reranker-v1-data."),
     validation_data: list[str] | None = typer.Option(
         None, "--validation-data", help="Held-out pairs for the eval loss (repeatable; same forms as --data). "
         "Default: the Hub data set's validation split; none for local data."),
@@ -39,7 +40,8 @@ def train(
     document_column: str | None = typer.Option(None, "--document-column",
                                                help="Column holding the document (default document)."),
     score_column: str | None = typer.Option(None, "--score-column",
-                                            help="Column holding the raw teacher score (default score)."),
+                                            help="Column holding the raw teacher score (default: whichever of "
+                                            "label and score exists)."),
     base_model: str | None = typer.Option(None, "--base-model", help="Backbone: Hub id or local folder "
                                           "(default: the recipe's jhu-clsp/ettin-encoder-SIZE)."),
     output_dir: str | None = typer.Option(None, "--output-dir", "-o",
@@ -52,14 +54,20 @@ def train(
     per_device_batch_size: int | None = typer.Option(
         None, "--per-device-batch-size", help="Pairs per forward pass on each device; gradient accumulation keeps "
         "the global batch (default: global // world size)."),
-    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair "
-                                          "(default: recipe, 512)."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair; "
+                                          "longer pairs are cut (default: the backbone's maximum, 7999 for Ettin)."),
     eval_data: list[str] | None = typer.Option(
         None, "--eval-data", help="Offline evaluation (repeatable): BEIR-layout folders, BM25 top-k reranked. "
         "Default: NanoBEIR from the Hub."),
     eval_top_k: int | None = typer.Option(None, "--eval-top-k", help="Candidates reranked per query (default 100)."),
     eval_max_queries: int | None = typer.Option(None, "--eval-max-queries",
                                                 help="Evaluate only the first N judged queries of each set."),
+    eval_steps: str | None = typer.Option(
+        None, "--eval-steps", help="Evaluate every N steps (N >= 1) or every ratio r < 1 of the steps; 0: only before "
+        "and after training (default: recipe, 0.05)."),
+    save_steps: str | None = typer.Option(
+        None, "--save-steps", help="Checkpoint every N steps or ratio r < 1 of the steps; 0: no checkpoints, only the "
+        "final model (default: recipe, 0.05)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (default: recipe, 12)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on an Ampere+ GPU, else fp32), float32, bfloat16."),
     attn: str = typer.Option("auto", "--attn", help="auto (FA2 when available, else sdpa), sdpa, eager, "
@@ -74,26 +82,27 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as JSON and exit (loads nothing)."),
 ) -> None:
-    from ettin_cli.train.training import TrainRequest, resolve_config
+    from ettin_cli.train.config import resolve_config
 
-    request = TrainRequest(
-        size=size, recipe_file=str(recipe) if recipe else None, data=data or None,
-        validation_data=validation_data or None, query_column=query_column, document_column=document_column,
-        score_column=score_column, base_model=base_model, output_dir=output_dir, max_steps=max_steps,
-        learning_rate=learning_rate, global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
-        max_length=max_length, eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries,
-        seed=seed, dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
-        save_initial=save_initial,
+    config = resolve_config(
+        size, str(recipe) if recipe else None, data=data or None, validation_data=validation_data or None,
+        query_column=query_column, document_column=document_column, score_column=score_column,
+        base_model=base_model, output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
+        global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size, max_length=max_length,
+        eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries, seed=seed,
+        dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
+        save_initial=save_initial, eval_steps=eval_steps, save_steps=save_steps,
     )
-    config = resolve_config(request)
     if print_config:
-        typer.echo(json.dumps(config, indent=2))
+        typer.echo(json.dumps(config.to_dict(), indent=2))
         return
-    from ettin_cli.train.student import check_base_model
-    from ettin_cli.train.training import run_training
+    from ettin_cli.train.run import run_training
 
-    check_base_model(config["backbone"])
+    if Path(config.backbone).exists():  # a local folder: refuse a model of the wrong kind before any loading
+        from ettin_cli.label.fit import check_base_model
+
+        check_base_model(config.backbone, base_model or config.backbone)
     record = run_training(config)
     after = (record.get("metrics") or {}).get("after") or {}
     if "mean" in after:
-        typer.echo(f"mean NDCG@10 after training: {after['mean']:.4f} -> {Path(config['output_dir']) / 'final'}")
+        typer.echo(f"mean NDCG@10 after training: {after['mean']:.4f} -> {Path(config.output_dir) / 'final'}")

@@ -115,6 +115,8 @@ class _Bar:
         self.total, self.description, self.unit, self.enabled, self.every = total, description, unit, enabled, every
         self.done = 0
         self.start = time.perf_counter()
+        self.paused = 0.0                     # seconds spent paused (not counted in the rate and ETA)
+        self._paused_at: float | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         if enabled:
@@ -125,8 +127,19 @@ class _Bar:
         while not self._stop.wait(self.every):
             logger.info(self.status())
 
+    def pause(self) -> None:
+        """Stop the clock: time until `resume` is not work (e.g. evaluation between training steps)."""
+        if self._paused_at is None:
+            self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.paused += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
     def rate(self) -> float:
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start - self.paused - (now - self._paused_at if self._paused_at is not None else 0.0)
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def eta_seconds(self) -> float | None:
@@ -168,20 +181,22 @@ class _RichBar(_Bar):
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
             console=_stderr_console(), transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, rate="")
+        self._task = self._progress.add_task(description, total=total, rate="", eta="-")
 
     def advance(self, n: int = 1) -> None:
+        # Rate and ETA are this bar's own (they leave out paused time), not rich's wall-clock estimate.
         self.done += n
-        self._progress.update(self._task, advance=n, rate=f"{self.rate():,.1f} {self.unit}/s")
+        eta = self.eta_seconds()
+        self._progress.update(self._task, advance=n, rate=f"{self.rate():,.1f} {self.unit}/s",
+                              eta=format_seconds(eta) if eta is not None else "-")
 
     def close(self) -> None:
         self._progress.stop()

@@ -575,15 +575,19 @@ def quality_flags(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return flags
 
 
-def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[str]]) -> None:
-    """One warning line per flagged model, with the numbers that flag it."""
+def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[str]], *,
+                 baseline: str = "the retriever's", why: str = "reranking with it makes the ranking worse") -> None:
+    """One warning line per flagged model, with the numbers that flag it.
+
+    `baseline` / `why` word the NDCG comparison (`ettin train` compares with the student before training).
+    """
     base = entries[0]["mean"].get("ndcg@10") if entries else None
     by_model = {e["model"]: e for e in entries}
     for model, problems in flags.items():
         entry = by_model[model]
         if "below_retriever" in problems:
-            console.logger.warning(f"{model}: NDCG@10 {entry['mean']['ndcg@10']:.4f} is BELOW the retriever's "
-                                   f"{base:.4f}: reranking with it makes the ranking worse")
+            console.logger.warning(f"{model}: NDCG@10 {entry['mean']['ndcg@10']:.4f} is BELOW {baseline} "
+                                   f"{base:.4f}: {why}")
         if "mse_above_variance" in problems:
             agree = entry["agreement"]
             console.logger.warning(

@@ -67,14 +67,18 @@ def model_kwargs_for(precision: Precision, *, for_training: bool) -> dict[str, A
 def build_student(
     base_model: str,
     *,
-    max_length: int,
+    max_length: int | None,
     precision: Precision,
     seed: int = 12,
     device: str = "cpu",
     for_training: bool = True,
     pooling: str = "cls",
 ) -> CrossEncoder:
-    """A fresh student: the backbone from `base_model` plus a newly initialised (seeded) 4-module head."""
+    """A fresh student: the backbone from `base_model` plus a newly initialised (seeded) 4-module head.
+
+    `max_length=None` keeps the backbone's maximum (Sentence Transformers caps the tokenizer's `model_max_length`
+    at the config's `max_position_embeddings`), as the release did; a number cuts longer pairs.
+    """
     import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Dense, Transformer
@@ -83,14 +87,14 @@ def build_student(
     base_model = check_base_model(base_model)
     if pooling not in POOLING_MODES:
         raise EttinError(f"model.pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
-    if max_length < 8:
+    if max_length is not None and max_length < 8:
         raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
     try:
         transformer = Transformer(
             base_model,
             transformer_task="feature-extraction",
             model_kwargs=model_kwargs_for(precision, for_training=for_training),
-            processor_kwargs={"model_max_length": max_length},
+            processor_kwargs={"model_max_length": max_length} if max_length is not None else {},
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

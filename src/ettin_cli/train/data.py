@@ -1,0 +1,348 @@
+"""Training data: (query, document, label) pairs from `ettin score` folders, files, dataset folders or Hub ids.
+
+Everything is loaded with `datasets` into memory-mapped Arrow (the 143M-row set is never held in RAM; the cache
+on disk needs about the uncompressed size of the text). The score column is checked with pyarrow compute,
+chunk by chunk, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def source_kind(source: str) -> str:
+    path = Path(source)
+    if path.is_dir():
+        from ettin_cli.io import shards
+
+        if shards.is_sharded_output(path):
+            shards.read_manifest(path)  # one line when the step that writes this folder has not finished
+            return "score-dir"
+        if (path / "README.md").is_file() or (path / "dataset_infos.json").is_file():
+            return "dataset-dir"
+        if any(path.rglob("*.parquet")) or any(path.rglob("*.jsonl")):
+            return "files-dir"
+        raise EttinError(f"{source}: no parquet or jsonl files, no manifest.json and no dataset card in this folder")
+    if path.is_file():
+        if path.suffix in (".parquet", ".jsonl", ".json"):
+            return "file"
+        raise EttinError(f"{source}: unsupported file type '{path.suffix}' (use .parquet, .jsonl or .json)")
+    from ettin_cli.core.sources import looks_like_path
+
+    if looks_like_path(source):
+        raise EttinError(f"{source}: no such file or directory")
+    return "hub"
+
+
+def _load_files(files: list[Path], cache_dir: str | None, source: str) -> Dataset:
+    from datasets import load_dataset
+
+    kinds = {"parquet" if f.suffix == ".parquet" else "json" for f in files}
+    if len(kinds) > 1:
+        raise EttinError(f"{source}: mixes parquet and json files; give them as separate --data sources")
+    builder = kinds.pop()
+    if _all_empty(files, builder):
+        raise EttinError(f"{source}: the data is empty (0 rows)")
+    try:
+        return load_dataset(builder, data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable input
+        raise EttinError(f"{source}: could not read it as {builder} ({_first_line(exc)})") from None
+
+
+def _all_empty(files: list[Path], builder: str) -> bool:
+    """True when no file holds a row (datasets cannot build a data set from empty files, and says so obscurely)."""
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return all(pq.ParquetFile(f).metadata.num_rows == 0 for f in files)
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the loader with their reason
+            return False
+    return all(not f.read_bytes().strip() for f in files if f.stat().st_size < 1 << 20) and all(
+        f.stat().st_size < 1 << 20 for f in files)
+
+
+def _load_configs(source: str, split: str, cache_dir: str | None, *, required: bool,
+                  holdout: str = "validation") -> list[tuple[str, Dataset]]:
+    """Every config of a Hub data set, or of a local folder in the Hub's layout, that has `split`: (label, data).
+
+    One code path for both: configs from `get_dataset_config_names`, each split from `load_dataset(source,
+    config, split=...)`. The held-out set may be a split of some configs (`validation` of `quora`, the release)
+    or a config of its own named like the eval split (what `ettin mix` writes): such a config is never trained
+    on, and is the eval set.
+    """
+    from datasets import get_dataset_config_names, get_dataset_split_names, load_dataset
+
+    if source_kind(source) == "hub":
+        from ettin_cli.core.sources import resolve_source
+
+        resolve_source(source, option="--data", offline_hint="--data DIR (a local copy)", repo_type="dataset")
+    try:
+        configs = get_dataset_config_names(source)
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo
+        raise EttinError(f"{source}: cannot read the data set's configs ({_first_line(exc)})") from None
+    parts = []
+    for name in configs:
+        try:
+            splits = get_dataset_split_names(source, name)
+            own_holdout = name == holdout  # a held-out config: all of it for the eval set, none for training
+            wanted = (splits if split == holdout else []) if own_holdout else [s for s in splits if s == split]
+            parts += [(f"{source} config '{name}'", load_dataset(source, name, split=s, cache_dir=cache_dir))
+                      for s in wanted]
+        except Exception as exc:  # noqa: BLE001
+            raise EttinError(f"{source} config '{name}': cannot load its '{split}' split "
+                             f"({_first_line(exc)})") from None
+    if not parts:
+        if required:
+            raise EttinError(f"{source}: no config has a '{split}' split")
+        return []
+    logger.info(f"{source}: {len(parts)} configs with a '{split}' split")
+    return parts
+
+
+def manifest_target(source: str, depth: int = 0) -> str | None:
+    """The column an `ettin score` folder wrote its scores to, from its manifest (followed back through `ettin
+    select` / `mix` folders). Such a folder also carries its input's columns, often a qrels `label`, so its
+    manifest, not a guess between `label` and `score`, names the target."""
+    from ettin_cli.io.shards import is_finished, read_manifest
+
+    config = read_manifest(source).get("config") or {}
+    if config.get("score_column"):
+        return str(config["score_column"])
+    upstream = config.get("input")
+    if depth < 4 and isinstance(upstream, str) and is_finished(upstream):
+        return manifest_target(upstream, depth + 1)
+    return None
+
+
+def _load_source(source: str, split: str, cache_dir: str | None, *, required: bool = True,
+                 holdout: str = "validation") -> list[tuple[str, Dataset]]:
+    """The parts of one source, each with the label its errors name it by (the source, or source + config)."""
+    kind = source_kind(source)
+    if kind == "score-dir":
+        from ettin_cli.io.shards import shard_paths
+
+        files = shard_paths(source)  # in order, each checked against the manifest's size and SHA-256
+        if not files:
+            raise EttinError(f"{source}: manifest.json lists no shards")
+        return [(source, _load_files(files, cache_dir, source))]
+    if kind == "file":
+        return [(source, _load_files([Path(source)], cache_dir, source))]
+    if kind == "files-dir":
+        files = sorted([*Path(source).rglob("*.parquet"), *Path(source).rglob("*.jsonl")])
+        return [(source, _load_files(files, cache_dir, source))]
+    return _load_configs(source, split, cache_dir, required=required, holdout=holdout)
+
+
+TARGETS = ("label", "score")
+
+
+def target_column(names: list[str], where: str, given: str | None) -> str:
+    """The column holding the teacher's score: `given` (`--score-column`, or an `ettin score` manifest's), else
+    whichever one of `label` (the release) and `score` exists; both or neither is refused, naming the columns."""
+    if given:
+        return given
+    found = [c for c in TARGETS if c in names]
+    if len(found) == 1:
+        return found[0]
+    what = "both 'label' and 'score' columns" if found else "neither a 'label' nor a 'score' column"
+    raise EttinError(f"{where}: {what} (columns: {', '.join(names)}); name the target with --score-column")
+
+
+def check_scores(ds: Dataset, source: str, columns: dict[str, str | None]) -> str:
+    """Refuse missing columns, empty data, null texts and non-finite scores (count and first rows); return the
+    target column (found as `target_column` says when `columns["score"]` is None).
+
+    Reads the Arrow columns chunk by chunk with pyarrow compute, so the check costs one pass over the score
+    column and no copy of the data.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = list(ds.column_names)
+    columns = {**columns, "score": target_column(names, source, columns.get("score"))}
+    for role in ("query", "document", "score"):
+        col = columns[role]
+        if col not in names:
+            option = f"--{role}-column"
+            raise EttinError(f"{source}: no '{col}' column (columns: {', '.join(names)}); map it with {option}")
+    if len(ds) == 0:
+        raise EttinError(f"{source}: the data is empty (0 rows)")
+    table = ds.data
+    for role in ("query", "document"):
+        chunked = table.column(columns[role])
+        if chunked.null_count:
+            first = _first_indices(chunked, lambda c: c.is_null())
+            raise EttinError(f"{source}: column '{columns[role]}' has {chunked.null_count} missing values "
+                             f"(first rows: {', '.join(map(str, first))})")
+    score = table.column(columns["score"])
+    if not (pa.types.is_floating(score.type) or pa.types.is_integer(score.type)):
+        raise EttinError(f"{source}: column '{columns['score']}' holds {score.type}, not numbers")
+    bad = 0
+    if pa.types.is_floating(score.type):
+        def is_bad(chunk: pa.Array) -> pa.Array:
+            return pc.fill_null(pc.invert(pc.is_finite(chunk)), True)
+    else:
+        def is_bad(chunk: pa.Array) -> pa.Array:
+            return chunk.is_null()
+    for chunk in score.chunks:
+        bad += pc.sum(is_bad(chunk)).as_py() or 0
+    if bad:
+        first = _first_indices(score, is_bad)
+        raise EttinError(f"{source}: column '{columns['score']}' has {bad} NaN, infinite or missing scores "
+                         f"(first rows: {', '.join(map(str, first))})")
+    return columns["score"]
+
+
+def _first_indices(chunked, predicate, limit: int = 5) -> list[int]:
+    import pyarrow.compute as pc
+
+    found: list[int] = []
+    offset = 0
+    for chunk in chunked.chunks:
+        if len(found) >= limit:
+            break
+        hits = pc.indices_nonzero(predicate(chunk)).to_pylist()
+        found += [offset + i for i in hits[: limit - len(found)]]
+        offset += len(chunk)
+    return found
+
+
+def load_pairs(sources: list[str], columns: dict[str, str | None], *, split: str = "train",
+               cache_dir: str | None = None, required: bool = True,
+               holdout: str = "validation") -> tuple[Dataset | None, list[dict[str, Any]]]:
+    """(query, document, label) pairs from every source, concatenated, memory-mapped; plus a per-source summary.
+
+    Each part (a file, a folder, one config of a data set) is checked on its own, so an error names the config.
+    """
+    from datasets import concatenate_datasets
+
+    parts = []
+    summary = []
+    for source in sources:
+        # The first load of a large source builds its Arrow cache (one pass; `-v` shows datasets' own bars).
+        logger.info(f"loading {source} ({split} split; memory-mapped Arrow, cached for reruns)")
+        rows = 0
+        targets = set()
+        given = columns
+        if not columns.get("score") and source_kind(source) == "score-dir":
+            given = {**columns, "score": manifest_target(source)}
+        for label, ds in _load_source(source, split, cache_dir, required=required, holdout=holdout):
+            target = check_scores(ds, label, given)
+            targets.add(target)
+            ds = ds.select_columns([columns["query"], columns["document"], target])
+            rename = {columns["query"]: "query", columns["document"]: "document", target: "label"}
+            parts.append(ds.rename_columns({k: v for k, v in rename.items() if k != v}))
+            rows += len(parts[-1])
+        if not targets:
+            continue
+        kind = source_kind(source)
+        entry = {"source": source, "kind": kind.replace("files-dir", "files"), "rows": rows,
+                 "target_column": ", ".join(sorted(targets))}
+        if kind == "score-dir":
+            entry.update(score_dir_teacher(source))
+        summary.append(entry)
+    if not parts:
+        return None, summary
+    if len(parts) > 1:
+        first = parts[0].features
+        parts = [p if p.features == first else p.cast(first) for p in parts]
+        return concatenate_datasets(parts), summary
+    return parts[0], summary
+
+
+def score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
+    """The teacher a sharded folder's scores come from, from its manifest (Hub id, or the local model given).
+
+    An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
+    that folder as `input`, which is followed back (a few steps at most).
+    """
+    from ettin_cli.io.shards import is_finished, read_manifest
+
+    manifest = read_manifest(source)
+    config = manifest.get("config") or {}
+    teacher = manifest.get("teacher") or config.get("teacher") or (
+        f"local model sha256:{config['teacher_sha256'][:12]}" if config.get("teacher_sha256") else None)
+    upstream = config.get("input")
+    if not teacher and depth < 4 and isinstance(upstream, str) and is_finished(upstream):
+        return score_dir_teacher(upstream, depth + 1)
+    fmt = manifest.get("format") or config.get("format")
+    return {k: v for k, v in {"teacher": teacher, "teacher_format": fmt}.items() if v}
+
+
+def data_teacher(summary: list[dict[str, Any]], recipe_teacher: str | None) -> tuple[str | None, str | None]:
+    """The teacher behind the training scores: the score folders' own when they all agree, else the recipe's."""
+    teachers = {(d.get("teacher"), d.get("teacher_format")) for d in summary if d.get("teacher")}
+    if len(teachers) == 1:
+        return teachers.pop()
+    return recipe_teacher, "mxbai-v2" if recipe_teacher and "mxbai-rerank" in recipe_teacher else None
+
+
+def cache_bytes(ds: Dataset) -> int:
+    """Bytes of the Arrow cache files behind a memory-mapped data set (what the cache disk must hold)."""
+    return sum(os.path.getsize(f["filename"]) for f in ds.cache_files if os.path.exists(f["filename"]))
+
+
+
+def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    """The run's training pairs, its eval-loss pairs (or None) and a summary of what was read (for the record).
+
+    The eval pairs are `--validation-data`, else the validation split of the Hub / dataset-folder sources.
+    """
+    import numpy as np
+
+    data_cfg = config.data
+    train_ds, train_summary = load_pairs(data_cfg["train"], data_cfg["columns"], split=data_cfg["train_split"],
+                                         cache_dir=config.cache_dir, holdout=data_cfg["eval_split"])
+    eval_sources = data_cfg["validation"] or [s for s in data_cfg["train"]
+                                              if source_kind(s) in ("hub", "dataset-dir")]
+    eval_ds, eval_summary = (None, [])
+    if eval_sources:
+        eval_ds, eval_summary = load_pairs(eval_sources, data_cfg["columns"], split=data_cfg["eval_split"],
+                                           cache_dir=config.cache_dir, holdout=data_cfg["eval_split"],
+                                           required=bool(data_cfg["validation"]))
+    assert train_ds is not None
+    logger.info(f"training pairs: {len(train_ds):,} (Arrow cache on disk: {cache_bytes(train_ds) / 1e9:.2f} GB)"
+                + (f"; eval-loss pairs: {len(eval_ds):,}" if eval_ds is not None else ""))
+    teacher, teacher_format = data_teacher(train_summary, config.teacher)
+    # The teacher's held-out scores' variance: an eval MSE above it is worse than predicting their mean.
+    variance = float(np.var(eval_ds.with_format("numpy")["label"][:])) if eval_ds is not None else None
+    return train_ds, eval_ds, {"train": train_summary, "validation": eval_summary, "teacher": teacher,
+                               "teacher_format": teacher_format, "validation_variance": variance}
+
+
+def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int = 2000,
+                    seed: int = 12) -> dict[str, Any]:
+    """How many training pairs are longer than `max_length` tokens (query + document, special tokens included)
+    and so are cut: counted on every row when there are at most `sample`, else on a seeded random sample of
+    `sample` rows (`sampled` says which)."""
+    import numpy as np
+
+    total = len(ds)
+    sampled = total > sample
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False)) if sampled \
+        else np.arange(total)
+    picked = ds.select(rows.tolist()) if sampled else ds
+    lengths = [len(ids) for ids in tokenizer(list(picked["query"]), list(picked["document"]), truncation=False,
+                                             verbose=False)["input_ids"]]
+    cut = sum(n > max_length for n in lengths)
+    logger.info(f"max length {max_length:,} tokens: {cut:,} of {len(lengths):,} "
+                + (f"sampled training pairs (a seeded sample of {total:,})" if sampled
+                   else "training pairs (all counted)")
+                + f" are longer and are cut ({100 * cut / max(len(lengths), 1):.1f}%)")
+    return {"max_length": int(max_length), "counted": len(lengths), "of": total, "sampled": sampled,
+            "cut": int(cut), "cut_fraction": round(cut / len(lengths), 4) if lengths else 0.0,
+            "median_tokens": int(np.median(lengths)) if lengths else 0}

@@ -1,0 +1,128 @@
+"""`ettin train`: pointwise distillation of a teacher's raw scores into an Ettin (ModernBERT) student.
+
+Read top to bottom, a run is the release's training script: config -> data -> student -> trainer -> train ->
+save and record. The pieces around it live beside this file: `config` (the one `TrainConfig`), `data` (pairs
+from score folders, files, dataset folders, Hub ids), `checkpoints` (which run a folder holds, which checkpoint
+to continue from), `evaluators` (NanoBEIR / BEIR, mean NDCG@10 picks the best checkpoint), `callbacks` (token
+meter, rates, progress, checkpoint records) and `outputs` (final model, record, metrics, curves).
+
+Fault tolerance: a rerun (or `--resume`) of the same config into the same folder continues from the newest
+complete checkpoint; the trainer restores optimizer, scheduler, RNG and the data position, and the sampler is
+seeded, so the data order is that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ettin_cli.core.console import logger
+from ettin_cli.core.errors import EttinError
+from ettin_cli.train.config import TrainConfig
+
+
+def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[str, Any]:
+    """Train (or continue training) the run described by `config`; return the training record.
+
+    `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
+    """
+    import torch
+    from transformers import PrinterCallback, ProgressCallback
+
+    from ettin_cli.core.distributed import current_rank
+    from ettin_cli.train import checkpoints, data, outputs
+    from ettin_cli.train.callbacks import TokenMeter, make_callbacks, trainer_class
+    from ettin_cli.train.evaluators import make_evaluator
+    from ettin_cli.train.losses import prepare_loss
+
+    # 1. Config: this launch must be the one the config was resolved for; a finished run is not redone.
+    rank = current_rank()
+    if rank.world_size != config.world_size:
+        raise EttinError(f"the config was resolved for world size {config.world_size}, "
+                         f"but this launch has {rank.world_size} processes")
+    out = Path(config.output_dir)
+    if checkpoints.check_output_dir(config) == "done":
+        logger.info(f"{out}: this run is already complete (final model in {out / 'final'}); nothing to do")
+        return json.loads((out / "final" / checkpoints.TRAINING_RECORD).read_text(encoding="utf-8"))
+    args = config.trainer_arguments()  # initialises torch.distributed under torchrun
+
+    # 2. Data, loaded and checked before anything is written (bad input leaves the folder untouched).
+    with args.main_process_first(desc="loading data"):
+        train_ds, eval_ds, data_summary = data.load_train_and_eval(config)
+
+    # 3. Student.
+    model = build_student_for(config, train_ds)
+    data_summary["truncation"] = data.count_cut_pairs(model.tokenizer, train_ds, model.max_length,
+                                                      seed=config.training["seed"])
+    evaluator = make_evaluator(config)
+
+    # 4. Output folder: the global main process binds it and moves broken checkpoints aside before the others look.
+    with args.main_process_first(local=False, desc="output folder"):
+        if args.process_index == 0:
+            checkpoints.bind_output_dir(config)
+        resume_from = checkpoints.latest_complete_checkpoint(out, move_aside=args.process_index == 0)
+        if config.save_initial and args.process_index == 0 and not (out / "initial").exists():
+            # The untrained student (same seed, same head init): the "before" line of an `ettin eval` table.
+            outputs.save_model_atomic(model, out / "initial")
+    if config.resume and resume_from is None:
+        logger.warning(f"--resume: no complete checkpoint in {out}; starting from the beginning")
+    if resume_from is not None:
+        logger.info(f"resuming from {resume_from.name}")
+        args.eval_on_start = False  # the "before" evaluation is in the checkpoint's history already
+
+    # 5. Trainer.
+    meter = TokenMeter(model)
+    loss, train_ds, eval_ds = prepare_loss(config.loss, model, train_ds, eval_ds, args)
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss,
+                              evaluator=evaluator, callbacks=[*make_callbacks(config, meter), *(callbacks or [])])
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    # 6. Train; the kept model's evaluation (the best checkpoint's is in the history already).
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    history = list(trainer.state.log_history)  # the run's own logs, without any evaluation below
+    after, final_model = outputs.final_evaluation(trainer, history)
+    meter.close()
+
+    # 7. Save and record.
+    data_summary["train_rows"] = len(train_ds)
+    record = outputs.build_record(config, model=model, state=trainer.state, history=history,
+                                  train_metrics=result.metrics, final_model=final_model,
+                                  after=after, data=data_summary, observed_batch=meter.max_rows,
+                                  resumed_from=resume_from.name if resume_from else None)
+    record["quality_flags"] = outputs.check_quality(record, data_summary["validation_variance"]) if rank.is_main else []
+    if rank.is_main:
+        outputs.save_final(trainer, out, record, history, after)
+    if args.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return record
+
+
+def build_student_for(config: TrainConfig, train_ds: Any) -> Any:
+    """The student of the recipe on the config's backbone, its head started as the recipe says (CPU; the trainer
+    moves it)."""
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.train.student import build_student, check_unpadding, init_head
+
+    prec = Precision(config.precision["dtype"], config.precision["attn"])
+    model = build_student(config.backbone, max_length=config.max_length, precision=prec,
+                          seed=config.training["seed"], device="cpu", for_training=True, pooling=config.pooling)
+    if config.head_init != "default":
+        targets = train_ds.with_format("numpy")["label"]  # one column, read once (memory-mapped)
+        start = init_head(model, config.head_init, targets, seed=config.training["seed"])
+        if start:
+            logger.info(f"head: output bias at the targets' mean {start['bias']:.4g} "
+                        f"(targets' std {start['targets_std']:.4g}), small output weights")
+    check_unpadding(model, prec)
+    if config.precision["recipe"].endswith("flash_attention_2") and not prec.unpadded \
+            and config.precision["device"].startswith("cuda"):
+        logger.warning("!!! the recipe trains with bf16 + Flash Attention 2 on unpadded inputs, but this GPU run "
+                       f"uses {prec.dtype} + {prec.attn}: expect a several-fold slower run (see `ettin env`) !!!")
+    return model
