@@ -12,12 +12,11 @@ from conftest import run_cli
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io.beir import BeirDataset, load_beir
+from ettin_cli.measure.eval_data import load_eval_data, load_nanobeir
 from ettin_cli.measure.evaluation import (
     compute_metrics,
     evaluate_candidates,
     evaluate_reranker,
-    load_eval_data,
-    load_nanobeir,
     rerank,
     retrieve_candidates,
     write_trec_run,
@@ -253,7 +252,7 @@ def test_eval_cli_teacher_and_student_in_one_table(small_beir_dir, small_beir, t
 
 
 def test_quality_flags_catch_a_reranker_worse_than_the_retriever_or_a_constant():
-    from ettin_cli.measure.evaluation import quality_flags, warn_quality
+    from ettin_cli.measure.agreement import quality_flags, warn_quality
 
     entries = [
         {"model": "bm25 (retriever)", "role": "retriever", "mean": {"ndcg@10": 0.40}},
@@ -283,7 +282,7 @@ def test_quality_flags_catch_a_reranker_worse_than_the_retriever_or_a_constant()
 
 
 def test_score_agreement_is_mse_and_rank_correlation():
-    from ettin_cli.measure.evaluation import score_agreement
+    from ettin_cli.measure.agreement import score_agreement
 
     ref = {"d": {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 0.0, "b": 1.0, "c": 2.0}}}
     shifted = {"d": {q: {k: v + 2.0 for k, v in docs.items()} for q, docs in ref["d"].items()}}

@@ -133,7 +133,7 @@ def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 40
     rng = random.Random(seed)
     text = str(data)
     if text.lower().startswith("nanobeir"):
-        from ettin_cli.measure.evaluation import load_nanobeir
+        from ettin_cli.measure.eval_data import load_nanobeir
 
         names = [n for n in text.split(":", 1)[1].split(",") if n] if ":" in text else ["nq"]
         datasets, candidates = load_nanobeir(names)

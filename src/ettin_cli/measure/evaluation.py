@@ -28,31 +28,13 @@ from typing import Any
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.memory import release_device_memory
-from ettin_cli.io.beir import BeirDataset, load_beir
+from ettin_cli.io.beir import BeirDataset
+from ettin_cli.measure.agreement import quality_flags, score_agreement, warn_quality
+from ettin_cli.measure.eval_data import Candidates, load_eval_data
 from ettin_cli.measure.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
 
 ScoreFn = Callable[[list[str], list[str]], Any]
 Run = dict[str, dict[str, float]]
-# dataset name -> query id -> first-stage hits, best first
-Candidates = dict[str, SearchResults]
-
-NANOBEIR_ID = "sentence-transformers/NanoBEIR-en"
-# The 13 NanoBEIR sets (recipes/shared.yaml: `benchmark: nanobeir  # 13 sets`), short name -> split name.
-NANOBEIR_SETS = {
-    "climatefever": "NanoClimateFEVER",
-    "dbpedia": "NanoDBPedia",
-    "fever": "NanoFEVER",
-    "fiqa2018": "NanoFiQA2018",
-    "hotpotqa": "NanoHotpotQA",
-    "msmarco": "NanoMSMARCO",
-    "nfcorpus": "NanoNFCorpus",
-    "nq": "NanoNQ",
-    "quoraretrieval": "NanoQuoraRetrieval",
-    "scidocs": "NanoSCIDOCS",
-    "arguana": "NanoArguAna",
-    "scifact": "NanoSciFact",
-    "touche2020": "NanoTouche2020",
-}
 
 # Pairs handed to a score function per call: big enough for the scorer's own batching, small enough to show
 # progress and to bound memory.
@@ -136,110 +118,6 @@ def rerank(score_fn: ScoreFn, dataset: BeirDataset, candidates: SearchResults, t
                 run[qid][did] = score
             bar.advance_to(stop)  # a scorer may already have advanced it batch by batch (`advance_active`)
     return run
-
-
-# ----------------------------------------------------------------------------------------------- data loading
-
-
-def _unique_names(datasets: Sequence[BeirDataset]) -> None:
-    names = [d.name for d in datasets]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise EttinError(f"two evaluation datasets are both named '{dupes[0]}': give folders with distinct names")
-
-
-def load_nanobeir(names: Sequence[str] | None = None, dataset_id: str = NANOBEIR_ID,
-                  top_k: int = 100) -> tuple[list[BeirDataset], Candidates]:
-    """NanoBEIR sets from the Hub with their precomputed BM25 candidates (the published evaluation's first stage).
-
-    Offline (no network, or HF_HUB_OFFLINE=1 without a cached copy) this fails with a one-line error that says
-    to use a BEIR directory instead.
-    """
-    wanted = [n.lower() for n in names] if names else list(NANOBEIR_SETS)
-    unknown = [n for n in wanted if n not in NANOBEIR_SETS]
-    if unknown:
-        raise EttinError(f"unknown NanoBEIR set '{unknown[0]}': choose from {', '.join(NANOBEIR_SETS)}")
-    datasets: list[BeirDataset] = []
-    candidates: Candidates = {}
-    for short in wanted:
-        split = NANOBEIR_SETS[short]
-        corpus_rows = _hub_subset(dataset_id, "corpus", split)
-        query_rows = _hub_subset(dataset_id, "queries", split)
-        qrel_rows = _hub_subset(dataset_id, "qrels", split)
-        bm25_rows = _hub_subset(dataset_id, "bm25", split)
-        corpus = {str(r["_id"]): _nano_text(r) for r in corpus_rows}
-        queries = {str(r["_id"]): str(r["text"]) for r in query_rows}
-        qrels: dict[str, dict[str, int]] = {}
-        for r in qrel_rows:
-            dids = r["corpus-id"] if isinstance(r["corpus-id"], list) else [r["corpus-id"]]
-            grade = int(r["score"]) if r.get("score") is not None else 1  # NanoBEIR qrels are binary
-            for did in dids:
-                qrels.setdefault(str(r["query-id"]), {})[str(did)] = grade
-        queries = {q: t for q, t in queries.items() if q in qrels}
-        hits: SearchResults = {}
-        for r in bm25_rows:
-            ids = [str(d) for d in r["corpus-ids"]][:top_k]
-            # Only the BM25 order is published; a descending pseudo-score keeps that order in the run.
-            hits[str(r["query-id"])] = [(did, float(len(ids) - rank)) for rank, did in enumerate(ids)]
-        datasets.append(BeirDataset(name=split, corpus=corpus, queries=queries, qrels=qrels))
-        candidates[split] = hits
-    return datasets, candidates
-
-
-def _nano_text(row: Mapping[str, Any]) -> str:
-    title = str(row.get("title") or "").strip()
-    text = str(row.get("text") or "")
-    return f"{title}\n{text}" if title else text
-
-
-def _hub_subset(dataset_id: str, subset: str, split: str) -> list[dict[str, Any]]:
-    from datasets import load_dataset
-
-    try:
-        return list(load_dataset(dataset_id, subset, split=split))
-    except Exception as exc:  # noqa: BLE001 - network/offline/cache failures all mean "cannot reach NanoBEIR"
-        offline = " (the Hub is offline here: use --data DIR with a BEIR-layout folder)"
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise EttinError(f"NanoBEIR: cannot load {dataset_id} subset '{subset}' split '{split}' from the Hub: "
-                         f"{reason}{offline}") from None
-
-
-def load_eval_data(spec: str | os.PathLike[str] | BeirDataset | Sequence[Any],
-                   top_k: int = 100) -> tuple[list[BeirDataset], Candidates]:
-    """Resolve `--data` values into datasets (and the candidates that come with them, for NanoBEIR).
-
-    Accepted: a `BeirDataset`; a BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`); a folder
-    whose sub-folders are BEIR folders (one dataset each); `nanobeir` or `nanobeir:msmarco,nq`; or a list of these.
-    """
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    datasets: list[BeirDataset] = []
-    candidates: Candidates = {}
-    for item in items:
-        if isinstance(item, BeirDataset):
-            datasets.append(item)
-            continue
-        text = str(item)
-        if text.lower() == "nanobeir" or text.lower().startswith("nanobeir:"):
-            names = [n for n in text.split(":", 1)[1].split(",") if n] if ":" in text else None
-            found, cands = load_nanobeir(names, top_k=top_k)
-            datasets += found
-            candidates.update(cands)
-            continue
-        root = Path(text)
-        if not root.is_dir():
-            raise EttinError(f"--data {text}: not a directory (expected a BEIR layout folder, or 'nanobeir')")
-        if (root / "corpus.jsonl").is_file():
-            datasets.append(load_beir(root))
-            continue
-        subs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "corpus.jsonl").is_file())
-        if not subs:
-            raise EttinError(f"{root}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) "
-                             "nor a folder of BEIR folders")
-        datasets += [load_beir(p) for p in subs]
-    if not datasets:
-        raise EttinError("no evaluation data given")
-    _unique_names(datasets)
-    return datasets, candidates
 
 
 # ------------------------------------------------------------------------------------------ first stage + runs
@@ -521,78 +399,6 @@ def compare_models(
     if output_dir is not None:
         write_report(report, all_runs, output_dir)
     return report
-
-
-def score_agreement(runs: Mapping[str, Run], reference: Mapping[str, Run]) -> dict[str, float]:
-    """MSE of raw scores and mean per-query Spearman rho against `reference`, over the pairs both scored."""
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    ours, theirs, rhos = [], [], []
-    for name, run in runs.items():
-        ref_run = reference.get(name, {})
-        for qid, docs in run.items():
-            ref_docs = ref_run.get(qid, {})
-            shared = [d for d in docs if d in ref_docs]
-            a = [docs[d] for d in shared]
-            b = [ref_docs[d] for d in shared]
-            ours += a
-            theirs += b
-            if len(shared) > 2 and np.ptp(a) > 0 and np.ptp(b) > 0:
-                rhos.append(float(spearmanr(a, b).statistic))
-    if not ours:
-        raise EttinError("no (query, document) pair was scored by both a model and the --reference model")
-    ref_scores = np.asarray(theirs, dtype=np.float64)
-    diff = np.asarray(ours, dtype=np.float64) - ref_scores
-    mse = float(np.mean(diff**2))
-    # The variance of the reference's scores is the MSE of always predicting their mean: a model at or above
-    # it has learned nothing of the reference's order, whatever its MSE looks like on its own.
-    variance = float(np.var(ref_scores))
-    return {"mse": mse, "spearman": float(np.mean(rhos)) if rhos else float("nan"), "pairs": len(ours),
-            "reference_variance": variance, "mse_over_variance": mse / variance if variance > 0 else float("inf")}
-
-
-def quality_flags(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Loud flags for rerankers that did not earn their place: a model label -> the problems found.
-
-    `below_retriever`: its mean NDCG@10 is under the first-stage retriever's (reranking made things worse).
-    `mse_above_variance`: its MSE to the reference is above the reference scores' variance, i.e. worse than
-    predicting the reference's mean score for every pair. The retriever entry must come first.
-    """
-    flags: dict[str, list[str]] = {}
-    base = entries[0]["mean"].get("ndcg@10") if entries and entries[0].get("role") == "retriever" else None
-    for entry in entries:
-        if entry.get("role") != "reranker":
-            continue
-        problems = []
-        if base is not None and entry["mean"]["ndcg@10"] < base:
-            problems.append("below_retriever")
-        agree = entry.get("agreement")
-        if agree and agree.get("mse", 0.0) > agree.get("reference_variance", float("inf")):
-            problems.append("mse_above_variance")
-        if problems:
-            flags[entry["model"]] = problems
-    return flags
-
-
-def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[str]], *,
-                 baseline: str = "the retriever's", why: str = "reranking with it makes the ranking worse") -> None:
-    """One warning line per flagged model, with the numbers that flag it.
-
-    `baseline` / `why` word the NDCG comparison (`ettin train` compares with the student before training).
-    """
-    base = entries[0]["mean"].get("ndcg@10") if entries else None
-    by_model = {e["model"]: e for e in entries}
-    for model, problems in flags.items():
-        entry = by_model[model]
-        if "below_retriever" in problems:
-            console.logger.warning(f"{model}: NDCG@10 {entry['mean']['ndcg@10']:.4f} is BELOW {baseline} "
-                                   f"{base:.4f}: {why}")
-        if "mse_above_variance" in problems:
-            agree = entry["agreement"]
-            console.logger.warning(
-                f"{model}: MSE to {agree['reference']} {agree['mse']:.4f} is ABOVE the variance of its scores "
-                f"{agree['reference_variance']:.4f}: worse than predicting their mean for every pair")
 
 
 def write_report(report: dict[str, Any], all_runs: Mapping[str, Mapping[str, Run]],

@@ -355,7 +355,7 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     if opt.get("eval_data"):
         bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]]}
     else:
-        from ettin_cli.measure.evaluation import NANOBEIR_SETS
+        from ettin_cli.measure.eval_data import NANOBEIR_SETS
 
         bench = {"benchmark": "nanobeir", "datasets": list(NANOBEIR_SETS)}
     primary = primary_metric_name(bench["benchmark"], top_k)

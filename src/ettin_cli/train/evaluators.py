@@ -23,7 +23,8 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
     """The offline evaluator: BM25 top-`top_k` computed once, reranked by the model at every evaluation."""
     from sentence_transformers.base.evaluation import BaseEvaluator
 
-    from ettin_cli.measure.evaluation import evaluate_reranker, load_eval_data, retrieve_candidates
+    from ettin_cli.measure.eval_data import load_eval_data
+    from ettin_cli.measure.evaluation import evaluate_reranker, retrieve_candidates
 
     datasets, known = load_eval_data(list(dirs), top_k=top_k)
     datasets = _limit_queries(datasets, max_queries)

@@ -95,7 +95,7 @@ def check_quality(record: dict[str, Any], targets_variance: float | None) -> lis
     """Flag a run that did not earn its place, with a WARNING line each (`evaluation.quality_flags`' rules):
     held-out mean NDCG@10 after training below the untrained student's, or the eval MSE to the teacher above the
     variance of the teacher's held-out scores (worse than predicting their mean). Returns the record's flags."""
-    from ettin_cli.measure.evaluation import quality_flags, warn_quality
+    from ettin_cli.measure.agreement import quality_flags, warn_quality
 
     metrics = record["metrics"]
     before, after = metrics["before"].get("mean"), metrics["after"].get("mean")
