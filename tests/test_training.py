@@ -780,3 +780,57 @@ def test_eval_and_save_cadence_options(capsys, tmp_path, test_recipe, scored, cr
     assert [e["step"] for e in evals] == [0] and not list(out_dir.glob("checkpoint-*"))
     assert record["final_model"]["why"] == "the model at the last step 2, evaluated after training"
     assert set(record["metrics"]["after"]) == {"cranfield", "mean"}
+
+
+SITECUSTOMIZE = '''
+import os, traceback
+if os.environ.get("COUNT_COLLECTIVES_DIR"):
+    import torch.distributed as dist
+    _all_reduce = dist.all_reduce
+    def all_reduce(*args, **kwargs):
+        caller = traceback.extract_stack(limit=2)[0].filename
+        with open(os.path.join(os.environ["COUNT_COLLECTIVES_DIR"], f"{os.getpid()}.txt"), "a") as fh:
+            fh.write(caller + "\\n")
+        return _all_reduce(*args, **kwargs)
+    dist.all_reduce = all_reduce
+'''
+
+
+def test_two_process_run_reduces_the_token_count_once_per_logging_step(tiny_modernbert_path, scored, cranfield_dir,
+                                                                      tmp_path):
+    """Issue #16.3: no per-step host sync or collective for the token meter. 6 steps, a log every 3 steps, no
+    periodic checkpoint or evaluation; the release logs the first step too: each rank's ettin code calls all_reduce
+    at the 3 logging steps (1, 3 and 6), not at every one of the 6 steps."""
+    import signal
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"size: tiny\nmodel:\n  backbone: {tiny_modernbert_path}\n  hidden_size: 32\n  max_length: 64\n"
+                      "training:\n  learning_rate: 3.0e-3\n  global_batch_size: 16\n  eval_steps: 0\n  save_steps: 0\n"
+                      "  logging_steps: 3\n  dataloader_num_workers: 0\n", encoding="utf-8")
+    hooks, counts, out = tmp_path / "hooks", tmp_path / "counts", tmp_path / "out"
+    hooks.mkdir()
+    counts.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COUNT_COLLECTIVES_DIR": str(counts),
+           "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "ettin_cli", "-q", "train",
+           "--recipe", str(recipe), "--data", str(scored["dir"]), "--output-dir", str(out), "--max-steps", "6",
+           "--eval-data", str(cranfield_dir), "--eval-top-k", "5", "--eval-max-queries", "2",
+           "--cache-dir", str(scored["root"] / "cache")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 240 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "final" / "ettin_training.json").read_text(encoding="utf-8"))
+    per_rank = [[line for line in f.read_text().splitlines() if "ettin_cli" in line] for f in counts.glob("*.txt")]
+    ettin_calls = [calls for calls in per_rank if calls]
+    assert len(ettin_calls) == 2, per_rank  # both workers reduced the count ...
+    assert [len(calls) for calls in ettin_calls] == [3, 3]  # ... at the logging steps 1, 3 and 6 only
+    assert all(c.endswith("train/callbacks.py") for calls in ettin_calls for c in calls)
+    assert record["throughput"]["tokens_seen"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ettin_cli.core.console import logger
 from ettin_cli.train.checkpoints import write_checkpoint_record
@@ -18,11 +19,16 @@ class TokenMeter:
     """Counts the tokens the student reads in training forward passes (packed or padded), via a pre-hook.
 
     The collator hands raw text to the loss, which tokenizes; so the trainer cannot count tokens itself.
+    Nothing here syncs the device during a step: a padded batch's mask sum is added to a counter that stays on
+    the device, a packed batch's length is a shape (host). `total()` reads (and across ranks, sums with one
+    all_reduce) both: it runs at logging steps and checkpoints only, so a GPU pipeline is never stalled per step.
     """
 
     def __init__(self, model) -> None:
-        self.tokens = 0
+        self.host_tokens = 0
+        self.device_tokens = None  # a 0-d long tensor on the batches' device, created on the first padded batch
         self.max_rows = 0
+        self.reductions = 0
         self._model = model
         self._handle = model[0].register_forward_pre_hook(self._hook)
 
@@ -31,14 +37,33 @@ class TokenMeter:
             return
         features = args[0]
         if "cu_seq_lens_q" in features:
-            self.tokens += int(features["input_ids"].numel())
-            rows = int(features["cu_seq_lens_q"].numel()) - 1
+            self.host_tokens += int(features["input_ids"].numel())
+            rows = int(features["cu_seq_lens_q"].shape[0]) - 1
         elif "attention_mask" in features:
-            self.tokens += int(features["attention_mask"].sum().item())
-            rows = int(features["attention_mask"].shape[0])
+            import torch
+
+            mask = features["attention_mask"]
+            summed = mask.sum(dtype=torch.long)
+            self.device_tokens = summed if self.device_tokens is None else self.device_tokens + summed
+            rows = int(mask.shape[0])
         else:
             return
         self.max_rows = max(self.max_rows, rows)
+
+    def total(self, device: Any = None, world_size: int = 1) -> int:
+        """Tokens counted so far, summed over ranks when `world_size` > 1: one host sync, one collective."""
+        import torch
+
+        local = self.device_tokens if self.device_tokens is not None else torch.zeros((), dtype=torch.long)
+        t = (local.to(device) if device is not None else local) + self.host_tokens
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                t = t.reshape(1).to(device if device is not None else t.device)
+                dist.all_reduce(t)
+                self.reductions += 1
+        return int(t.sum().item())
 
     def close(self) -> None:
         self._handle.remove()
@@ -81,7 +106,7 @@ def make_callbacks(config: TrainConfig, meter: TokenMeter) -> list:
         def _restart(self, *args, **kwargs):
             self.clock = time.perf_counter()
 
-        on_evaluate = on_save = _restart
+        on_evaluate = _restart
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.base_tokens = int(state.num_input_tokens_seen or 0)
@@ -91,16 +116,14 @@ def make_callbacks(config: TrainConfig, meter: TokenMeter) -> list:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.busy += time.perf_counter() - self.clock
-            local = meter.tokens
-            if world > 1:
-                import torch
-                import torch.distributed as dist
+            # The token count is read (one host sync, one all_reduce) only where it is used: before a log line,
+            # before a checkpoint saves the state (a resume starts from its count) and at the last step. The
+            # trainer has set these flags for this step on every rank alike, so the collective lines up.
+            if control.should_log or control.should_save or control.should_training_stop:
+                state.num_input_tokens_seen = self.base_tokens + meter.total(args.device, world)
+            self._restart()
 
-                if dist.is_available() and dist.is_initialized():
-                    t = torch.tensor([local], dtype=torch.long, device=args.device)
-                    dist.all_reduce(t)
-                    local = int(t.item())
-            state.num_input_tokens_seen = self.base_tokens + local
+        def on_save(self, args, state, control, **kwargs):
             self._restart()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
