@@ -2,7 +2,8 @@
 
 Charts sit beside the JSON they are drawn from, so a reader sees at a glance what the numbers say: a grouped
 bar chart of NDCG@10 per dataset for every model (the retriever's bar is the line to beat), and a bar chart of
-pairs/s per model and precision/attention setting (the ablation). Written atomically like every output.
+pairs/s per model and precision/attention setting (the ablation), and `ettin train`'s loss and metric
+curves. Written atomically like every output.
 """
 
 from __future__ import annotations
@@ -83,4 +84,28 @@ def bench_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     ax.set_xlim(0, max(values) * 1.3)
     ax.set_title(title or "Inference throughput")
     ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def training_curves_chart(losses: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], primary: str,
+                          path: str | os.PathLike[str]) -> None:
+    """`ettin train`'s curves: training (and eval) loss and the eval metric `primary` over steps."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([e["step"] for e in losses], [e["loss"] for e in losses], label="train loss")
+    eval_losses = [(e["step"], e["eval_loss"]) for e in evals if "eval_loss" in e]
+    if eval_losses:
+        ax_loss.plot(*zip(*eval_losses, strict=True), marker="o", label="eval loss (MSE to the teacher)")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    ax_loss.set_title("loss")
+    points = [(e["step"], e[primary]) for e in evals if primary in e]
+    if points:
+        ax_metric.plot(*zip(*points, strict=True), marker="o")
+    ax_metric.set_xlabel("step")
+    ax_metric.set_ylabel("mean NDCG@10")
+    ax_metric.set_title(primary.removeprefix("eval_"))
+    fig.tight_layout()
     _save(fig, path)

@@ -227,39 +227,10 @@ def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: l
         "resumed_from": record["resumed_from"],
     }
     write_json_atomic(out / METRICS_FILE, metrics)
-    plot_curves(out / CURVES_FILE, losses, evals, f"eval_{primary}")
+    from ettin_cli.measure.charts import training_curves_chart
+
+    training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE)
     if record["metrics"]["before"].get("mean") is not None and record["metrics"]["after"].get("mean") is not None:
         logger.info(f"mean NDCG@10: {record['metrics']['before']['mean']:.4f} before -> "
                     f"{record['metrics']['after']['mean']:.4f} after training")
     logger.info(f"final model {final}: {record['final_model']['why']}")  # the last line: which step, and why
-
-
-def plot_curves(path: Path, losses: list[dict[str, Any]], evals: list[dict[str, Any]], primary: str) -> None:
-    """Training loss (and eval loss) and the eval metric over steps, as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ettin_cli.core.files import atomic_path
-
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot([e["step"] for e in losses], [e["loss"] for e in losses], label="train loss (MSE)")
-    eval_losses = [(e["step"], e["eval_loss"]) for e in evals if "eval_loss" in e]
-    if eval_losses:
-        ax_loss.plot(*zip(*eval_losses, strict=True), marker="o", label="eval loss (MSE)")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("MSE to teacher")
-    ax_loss.set_yscale("log")
-    ax_loss.legend()
-    ax_loss.set_title("loss")
-    points = [(e["step"], e[primary]) for e in evals if primary in e]
-    if points:
-        ax_metric.plot(*zip(*points, strict=True), marker="o")
-    ax_metric.set_xlabel("step")
-    ax_metric.set_ylabel("mean NDCG@10")
-    ax_metric.set_title(primary.removeprefix("eval_"))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
