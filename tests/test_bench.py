@@ -235,6 +235,8 @@ def test_bench_cli_on_cpu_prints_the_table(tiny_student_path, tiny_qwen2_teacher
     assert "fp32+SDPA" in stdout and "pairs/s" in stdout and "skipped" in stdout
     report = json.loads((out / "bench.json").read_text())
     assert report["device"] == "cpu" and report["pairs"] == 16 and report["max_length"] == 256
+    assert {r["max_length"] for r in report["results"] if r["status"] == "ok"} == {256}
+    assert {s["max_length"] for s in report["pair_lengths"].values()} == {256}
     rows = report["results"]
     assert [(r["model"], r["setting"], r["status"]) for r in rows] == [
         (tiny_student_path.name, "fp32+SDPA", "ok"), (tiny_student_path.name, "fp32+FA2 padded", "skipped"),
@@ -276,3 +278,71 @@ def test_bench_cli_refuses_bad_input_with_one_line(case, tiny_student_path, cran
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err and not (out / "bench.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- pair lengths
+
+
+def test_pair_lengths_follow_each_format(tiny_student_path, tiny_qwen2_teacher_path, minilm_path, cranfield_pairs):
+    """Uncut lengths and cut flags, checked against what each format really builds (independent counts)."""
+    from ettin_cli.label.teacher import load_teacher
+    from ettin_cli.measure.bench import length_summary, pair_lengths
+
+    pairs = [(r["query"], r["document"]) for r in cranfield_pairs[:20]]
+    queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+
+    student = load_teacher(str(tiny_student_path), device="cpu", max_length=64)
+    lengths, cut = pair_lengths(student, pairs)
+    full = [len(x) for x in student.tokenizer(queries, documents)["input_ids"]]
+    assert lengths.tolist() == full and cut.tolist() == [n > 64 for n in full] and 0 < cut.sum() < len(pairs)
+
+    # Judge format: a pair is cut exactly when `encode_pairs` cuts it; an uncut pair's length is its sequence's.
+    judge = load_teacher(str(tiny_qwen2_teacher_path), device="cpu", max_length=256)
+    lengths, cut = pair_lengths(judge, pairs)
+    seqs, trunc_q, trunc_d = judge.encode_pairs(queries, documents)
+    assert cut.tolist() == (trunc_q | trunc_d).tolist() and 0 < cut.sum() < len(pairs)
+    assert all(n == len(s) for n, s, c in zip(lengths, seqs, cut, strict=True) if not c)
+    assert all(n > len(s) for n, s, c in zip(lengths, seqs, cut, strict=True) if c)
+
+    # Bi-encoder: each text is its own sequence; the pair counts its longer text and is cut if either side is.
+    bi = load_teacher(str(minilm_path), device="cpu", max_length=32)
+    lengths, cut = pair_lengths(bi, pairs)
+    q = [len(x) for x in bi.tokenizer(queries)["input_ids"]]
+    d = [len(x) for x in bi.tokenizer(documents)["input_ids"]]
+    assert lengths.tolist() == [max(a, b) for a, b in zip(q, d, strict=True)]
+    assert cut.tolist() == [a > 32 or b > 32 for a, b in zip(q, d, strict=True)]
+
+    summary = length_summary(np.array([10, 20, 30, 40, 200]), np.array([False] * 4 + [True]), 128)
+    assert summary == {"max_length": 128, "pairs": 5, "median": 30.0, "p90": pytest.approx(136.0),
+                       "p99": pytest.approx(193.6), "max": 200, "cut": 1, "cut_share": 0.2}
+
+
+def test_bench_cli_defaults_to_the_models_own_max_length(tiny_modernbert_path, cranfield_dir, tmp_path, capsys):
+    """A student trained at 128 is timed at 128 (not 512), and the pairs' length distribution is printed."""
+    from ettin_cli.core.hardware import Precision
+    from ettin_cli.label.teacher import load_teacher
+    from ettin_cli.train.student import build_student
+
+    student = tmp_path / "student-128"
+    build_student(str(tiny_modernbert_path), max_length=128, precision=Precision("float32", "sdpa"),
+                  for_training=False).save_pretrained(str(student))
+    out = tmp_path / "bench"
+    args = ["-q", "bench", str(student), "--data", str(cranfield_dir), "--num-pairs", "16", "--batch-size", "8",
+            "--passes", "1", "--device", "cpu", "-o", str(out)]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((out / "bench.json").read_text())
+    assert report["max_length"] is None and report["results"][0]["max_length"] == 128
+    lengths = report["pair_lengths"]["student-128"]
+    pairs = bench_pairs(cranfield_dir, 16)
+    tokenizer = load_teacher(str(student), device="cpu").tokenizer
+    full = [len(x) for x in tokenizer([q for q, _ in pairs], [d for _, d in pairs])["input_ids"]]
+    assert lengths["max_length"] == 128 and lengths["max"] == max(full)
+    assert lengths["median"] == statistics.median(full) and lengths["cut"] == sum(n > 128 for n in full) > 0
+    assert "Pair lengths" in stdout and "cut at max length" in stdout and "max length (128)" in stdout
+    # --max-length still overrides the model's own
+    code, _, err = run_cli([*args, "--max-length", "64"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "bench.json").read_text())
+    assert report["max_length"] == 64 and report["results"][0]["max_length"] == 64
+    assert report["pair_lengths"]["student-128"]["cut"] == sum(n > 64 for n in full)

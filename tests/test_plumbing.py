@@ -313,14 +313,17 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume():
 
 
 def test_help_shows_no_bool_type_on_flags():
-    """#17.15: a flag takes no value, so no `<bool>` beside it."""
+    """#17.15: a flag takes no value, so no `<bool>` beside it, in any command's help (and the top-level one)."""
     code = "import sys\nfrom ettin_cli.cli import main\nmain(sys.argv[1:])\n"
-    for command in ("push", "score"):
-        proc = _run_cli(code, command, "--help")
+    flags = {"push": "--dry-run", "score": "--overwrite", "bench": "--ablation", "eval": "--json", "train": "--resume",
+             "mine": None, "select": None, "mix": None, "doctor": None, "env": None, "": None}
+    for command, flag in flags.items():
+        proc = _run_cli(code, *([command] if command else []), "--help")
         assert proc.returncode == 0, proc.stderr
-        assert "--dry-run" in proc.stdout or "--overwrite" in proc.stdout
-        assert "<bool>" not in proc.stdout, command
-        assert "<str>" in proc.stdout  # options that take a value keep their type
+        assert "<bool>" not in proc.stdout, command or "ettin"
+        if flag:
+            assert flag in proc.stdout, command
+            assert "<str>" in proc.stdout or "<int>" in proc.stdout  # options that take a value keep their type
 
 
 # ------------------------------------------------------------------------------------------ publish

@@ -356,6 +356,37 @@ def test_bi_encoder_scores_cosine_similarity(minilm_path):
     assert scores[0] > scores[1] + 0.2
 
 
+def test_bi_encoder_embeds_each_distinct_text_once(minilm_path, cranfield_pairs, monkeypatch):
+    """Queries repeat across a query's candidates (and documents across queries): each distinct text is embedded
+    once per call, and the scores are those of embedding every pair's two texts (the per-pair path)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ettin_cli.label.teacher import load_teacher
+
+    rows = cranfield_pairs[:60]
+    queries = [r["query"] for r in rows] * 2
+    documents = [r["document"] for r in rows] + [r["document"] for r in reversed(rows)]
+    assert len(set(queries)) < len(queries) / 4 and len(set(documents)) < len(documents)
+    teacher = load_teacher(minilm_path, device="cpu")
+    encoded: list[str] = []
+    real_encode = teacher.model.encode
+
+    def spy(texts, **kwargs):
+        encoded.extend(texts)
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(teacher.model, "encode", spy)
+    scores = teacher.score(queries, documents, batch_size=16)
+    assert len(encoded) == len(set(queries)) + len(set(documents))
+    assert set(encoded) == set(queries) | set(documents)
+    # The per-pair path: both texts of every pair embedded, duplicates included.
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    q = model.encode(queries, batch_size=16, normalize_embeddings=True)
+    d = model.encode(documents, batch_size=16, normalize_embeddings=True)
+    np.testing.assert_allclose(scores, (q * d).sum(1), atol=1e-5)
+    assert teacher.stats.pairs == len(queries)
+
+
 def test_unknown_teacher_is_a_one_line_error(tmp_path):
     from ettin_cli.label.teacher import load_teacher
 

@@ -8,8 +8,10 @@ import typer
 
 HELP = (
     'Measure inference throughput (pairs/s) the way the published tables do.\n\n'
-    'Pairs of real text cut at --max-length (512); batch size doubled from 8 until out of memory (GPU) or'
-    ' until throughput stops rising / the memory limit is hit (CPU); three timed passes, median kept; '
+    'Pairs of real text cut at each model\'s own max length (as loaded; --max-length overrides it), with their '
+    'token-length distribution printed (median, p90, p99, max, how many are cut); batch size doubled from 8 '
+    'until out of memory (GPU) or until throughput stops rising / the memory limit is hit (CPU); three timed '
+    'passes, median kept; '
     'peak memory (GPU allocator peak, or peak RSS on CPU). --ablation times fp32+SDPA, bf16+SDPA, '
     'bf16+FA2 padded and bf16+FA2 unpadded; settings the hardware cannot run are listed with the reason. '
     'Prints a table and writes OUTPUT/bench.json and OUTPUT/bench.png.\n\n'
@@ -33,7 +35,8 @@ def bench_command(
                              "file with query/document columns, or nanobeir:NAME (Hub)."),
     num_pairs: int = typer.Option(4096, "--num-pairs", "-n", help="Pairs per timed pass (lower it for big "
                                   "models on CPU)."),
-    max_length: int = typer.Option(512, "--max-length", help="Token cap per pair."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Token cap per pair (default: each model's "
+                                          "own max length, as loaded)."),
     formats: list[str] = typer.Option(["auto"], "--format", help="auto, mxbai-v2, qwen3-reranker, cross-encoder, "
                                       "bi-encoder or a judge format .yaml file; once for all models or once "
                                       "per model."),
@@ -69,6 +72,7 @@ def bench_command(
         bench_pairs,
         bench_table,
         default_memory_limit,
+        lengths_table,
         plan_settings,
         run_bench,
         write_bench,
@@ -95,5 +99,7 @@ def bench_command(
     else:
         from rich.console import Console
 
-        Console(width=None if sys.stdout.isatty() else 160).print(bench_table(report))
+        out = Console(width=None if sys.stdout.isatty() else 160)
+        out.print(lengths_table(report))
+        out.print(bench_table(report))
     logger.info("wrote %s%s", json_path, f" and {png_path}" if png_path else "")

@@ -1,6 +1,8 @@
 """Inference throughput, measured the way the published Ettin tables are (../shared/RECIPE.md).
 
-Pairs/second on (query, document) pairs of real text cut at `max_length` (512): the batch size is found by
+Pairs/second on (query, document) pairs of real text cut at each model's own max length (as loaded; `max_length`
+overrides it for every model, so a student trained at 128 is not timed at 512 tokens it never sees): the batch
+size is found by
 doubling from 8 until out of memory (GPU) or, on CPU, until throughput stops rising or a memory limit is hit;
 then three timed passes over the same pairs at the best batch size, median kept; peak memory is
 `torch.cuda.max_memory_allocated` on GPU and the process's peak RSS on CPU (reset before the passes).
@@ -208,6 +210,54 @@ def _file_pairs(path: Path) -> list[tuple[str, str]]:
     return list(zip(queries, documents, strict=True))
 
 
+# ------------------------------------------------------------------------------------------- pair lengths
+
+
+def pair_lengths(scorer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[Any, Any]:
+    """Uncut token count of each pair as `scorer` builds its inputs, and whether `scorer` cuts it.
+
+    The count decides what a throughput number means (pairs of 60 tokens and of 500 are different workloads),
+    so it is measured with the model's own tokenizer: a cross-encoder's pair encoding (specials included); for a
+    bi-encoder, the longer of the two texts (each is its own sequence, cut at max length on its own); for a judge
+    format, its template plus the query piece and the document piece (cut when the query passes its share of
+    max length or the whole passes max length, as `encode_pairs` does).
+    """
+    import numpy as np
+
+    queries = [q for q, _ in pairs]
+    documents = [d for _, d in pairs]
+    tokenizer, limit = scorer.tokenizer, int(scorer.max_length)
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    if getattr(scorer, "format", None) == "bi-encoder":
+        q = np.array([len(x) for x in tokenizer(queries, verbose=False)["input_ids"]])
+        d = np.array([len(x) for x in tokenizer(documents, verbose=False)["input_ids"]])
+        return np.maximum(q, d), (q > limit) | (d > limit)
+    judge = getattr(scorer, "judge", None)
+    if judge is not None:
+        q_texts = [judge.query_text(x, scorer.instruction) for x in queries]
+        d_texts = [judge.document_text(x) for x in documents]
+        q = np.array([len(x) for x in tokenizer(q_texts, add_special_tokens=False, verbose=False)["input_ids"]])
+        d = np.array([len(x) for x in tokenizer(d_texts, add_special_tokens=False, verbose=False)["input_ids"]])
+        total = scorer.fixed_length + q + d
+        return total, (q > scorer.query_limit) | (total > limit)
+    lengths = np.array([len(x) for x in tokenizer(queries, documents, verbose=False)["input_ids"]])
+    return lengths, lengths > limit
+
+
+def length_summary(lengths: Any, cut: Any, max_length: int) -> dict[str, Any]:
+    """Median, p90, p99 and max of the uncut pair lengths, and how many pairs are cut at `max_length`."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        return {"max_length": int(max_length), "pairs": 0, "cut": 0, "cut_share": 0.0}
+    p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
+    return {"max_length": int(max_length), "pairs": int(lengths.size), "median": float(p50), "p90": float(p90),
+            "p99": float(p99), "max": int(lengths.max()), "cut": int(np.sum(cut)),
+            "cut_share": float(np.mean(cut))}
+
+
 # --------------------------------------------------------------------------------------------------- memory
 
 
@@ -392,7 +442,7 @@ def run_bench(
     *,
     formats: Sequence[str] = ("auto",),
     device: str = "cpu",
-    max_length: int = 512,
+    max_length: int | None = None,
     passes: int = 3,
     start_batch: int = 8,
     max_batch: int | None = None,
@@ -402,7 +452,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Time every model under every setting (skipped settings are recorded with their reason, not run).
 
-    `instruction` replaces the default instruction of judge-format models (its length is part of their cost).
+    `max_length` None keeps each model's own max length (as loaded); `report["pair_lengths"]` has, per model,
+    the token-length distribution of the pairs and how many its max length cuts. `instruction` replaces the
+    default instruction of judge-format models (its length is part of their cost).
     """
     from ettin_cli.core.hardware import describe
     from ettin_cli.label.teacher import is_judge_format, load_teacher
@@ -410,7 +462,7 @@ def run_bench(
     models = [str(m) for m in models]
     if not models:
         raise EttinError("give at least one MODEL to benchmark")
-    if max_length < 8:
+    if max_length is not None and max_length < 8:
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
     from ettin_cli.measure.evaluation import expand_formats, model_labels, resolve_model
 
@@ -423,6 +475,7 @@ def run_bench(
                          "no MODEL is one")
 
     rows: list[dict[str, Any]] = []
+    lengths: dict[str, dict[str, Any]] = {}
     for model, label, (path, fmt) in zip(models, model_labels(models), resolved, strict=True):
         for setting, reason in settings:
             row: dict[str, Any] = {"model": label, "source": model, "format": fmt, "setting": setting.label,
@@ -434,6 +487,10 @@ def run_bench(
             scorer = load_teacher(path, fmt, device=device, dtype=setting.dtype, attn=setting.attn,
                                   max_length=max_length, option="--format",
                                   instruction=instruction if is_judge_format(fmt) else None)
+            if label not in lengths:
+                lengths[label] = length_summary(*pair_lengths(scorer, pairs), scorer.max_length)
+                _log_lengths(label, lengths[label])
+            row["max_length"] = int(scorer.max_length)
             active = set_unpadded(scorer, setting.unpadded)
             if active != setting.unpadded:
                 rows.append({**row, "status": "skipped",
@@ -455,16 +512,43 @@ def run_bench(
         "pairs": len(pairs),
         "passes": passes,
         "hardware": describe(),
+        "pair_lengths": lengths,
         "results": rows,
     }
+
+
+def _log_lengths(label: str, summary: dict[str, Any]) -> None:
+    console.logger.info("%s: pair lengths (tokens) median %.0f, p90 %.0f, p99 %.0f, max %d; %d of %d pairs cut at "
+                        "max length %d", label, summary["median"], summary["p90"], summary["p99"], summary["max"],
+                        summary["cut"], summary["pairs"], summary["max_length"])
+
+
+def _cap_text(report: dict[str, Any]) -> str:
+    if report.get("max_length") is not None:
+        return f"cut at {report['max_length']} tokens"
+    caps = sorted({s["max_length"] for s in report.get("pair_lengths", {}).values()})
+    return f"cut at each model's max length ({', '.join(map(str, caps))})" if caps else "cut at each model's max length"
+
+
+def lengths_table(report: dict[str, Any]) -> Any:
+    """A rich table of the benchmarked pairs' token lengths per model: what the throughput numbers are made of."""
+    from rich.table import Table
+
+    table = Table(title=f"Pair lengths in tokens ({report['pairs']} pairs, uncut; each model's tokenizer)")
+    for name in ("model", "max length", "median", "p90", "p99", "max", "cut at max length"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for label, s in report.get("pair_lengths", {}).items():
+        table.add_row(label, str(s["max_length"]), f"{s['median']:.0f}", f"{s['p90']:.0f}", f"{s['p99']:.0f}",
+                      str(s["max"]), f"{s['cut']} ({100 * s['cut_share']:.1f}%)")
+    return table
 
 
 def bench_table(report: dict[str, Any]) -> Any:
     """A rich table: one row per model and setting; skipped settings show their reason."""
     from rich.table import Table
 
-    table = Table(title=f"Throughput on {report['device']}: {report['pairs']} pairs cut at {report['max_length']} "
-                        f"tokens, median of {report['passes']} passes")
+    table = Table(title=f"Throughput on {report['device']}: {report['pairs']} pairs {_cap_text(report)}, median of "
+                        f"{report['passes']} passes")
     for name, justify in (("model", "left"), ("setting", "left"), ("batch", "right"), ("pairs/s", "right"),
                           ("passes (pairs/s)", "right"), ("peak memory", "right"), ("note", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -491,7 +575,6 @@ def write_bench(report: dict[str, Any], output_dir: str | os.PathLike[str]) -> t
     png = None
     if any(r["status"] == "ok" for r in report["results"]):
         png = out / "bench.png"
-        bench_chart(report["results"], png, title=f"Throughput on {report['device']} (max length "
-                                                  f"{report['max_length']})")
+        bench_chart(report["results"], png, title=f"Throughput on {report['device']} ({_cap_text(report)})")
     write_json_atomic(out / "bench.json", report)
     return out / "bench.json", png
