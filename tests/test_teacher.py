@@ -387,6 +387,19 @@ def test_bi_encoder_embeds_each_distinct_text_once(minilm_path, cranfield_pairs,
     assert teacher.stats.pairs == len(queries)
 
 
+def test_bi_encoder_reports_progress_during_a_window(minilm_path, cranfield_pairs):
+    """Issue #17.5: `ettin score`'s bar moves inside a window with a bi-encoder teacher too: the pairs are reported
+    in several steps as chunks of texts are embedded, adding up to the window's pairs."""
+    from ettin_cli.label.teacher import load_teacher
+
+    rows = cranfield_pairs[:120]
+    teacher = load_teacher(minilm_path, device="cpu")
+    reported: list[int] = []
+    teacher.on_batch = reported.append
+    teacher.score([r["query"] for r in rows], [r["document"] for r in rows], batch_size=4)
+    assert len(reported) > 4 and sum(reported) == len(rows) and all(n >= 0 for n in reported)
+
+
 def test_unknown_teacher_is_a_one_line_error(tmp_path):
     from ettin_cli.label.teacher import load_teacher
 

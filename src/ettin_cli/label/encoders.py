@@ -105,6 +105,10 @@ class CrossEncoderTeacher(BaseTeacher):
         return out
 
 
+# Batches of texts per `encode` call of the bi-encoder: the unit its progress is reported in.
+ENCODE_CHUNK_BATCHES = 4
+
+
 class BiEncoderTeacher(BaseTeacher):
     """A SentenceTransformer scoring the cosine similarity of query and document embeddings."""
 
@@ -147,11 +151,24 @@ class BiEncoderTeacher(BaseTeacher):
                 else DEFAULT_ENCODER_BATCH
         uq = list(dict.fromkeys(queries))
         ud = list(dict.fromkeys(documents))
+        # Texts go to `encode` a few batches at a time so the caller's bar (`on_batch`, in pairs) moves during a
+        # window instead of jumping at its end: each chunk reports its share of the window's pairs.
+        chunk = batch_size * ENCODE_CHUNK_BATCHES
+        progress = {"texts": 0, "reported": 0, "total": len(uq) + len(ud)}
 
         def encode(texts: list[str]) -> np.ndarray:
-            return self._run_split(texts, lambda items: self.model.encode(
-                items, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                show_progress_bar=False).astype(np.float32))
+            parts = []
+            for start in range(0, len(texts), chunk):
+                part = texts[start:start + chunk]
+                parts.append(self._run_split(part, lambda items: self.model.encode(
+                    items, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                    show_progress_bar=False).astype(np.float32)))
+                progress["texts"] += len(part)
+                if self.on_batch is not None:
+                    target = n * progress["texts"] // progress["total"]
+                    self.on_batch(target - progress["reported"])
+                    progress["reported"] = target
+            return np.concatenate(parts)
 
         q_emb = encode(uq)
         d_emb = encode(ud)
