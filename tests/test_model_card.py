@@ -119,3 +119,14 @@ def test_the_encoder_named_is_the_backbone_actually_trained():
     front, body = split_card(render_model_card(record(backbone_type="bert", base_model="/models/minilm")))
     assert "ModernBERT" not in body and "bert encoder" in body
     assert "bert" in front["tags"] and "modernbert" not in front["tags"]
+
+
+def test_card_names_the_loss_the_run_used():
+    from ettin_cli.publish.model_card import render_model_card
+
+    for name, words in (("mse", "Loss: MSE between"), ("listnet", "Loss: ListNet"), ("mse+listnet", "Loss: MSE plus")):
+        info = {"size": "17m", "base_model": "jhu-clsp/ettin-encoder-17m", "teacher": "t/t",
+                "hyperparameters": {"loss": {"name": name, "list_size": 16}, "learning_rate": 1e-4}}
+        card = render_model_card(info)
+        assert words in card, name
+        assert f"| loss | {name} (list_size 16) |" in card

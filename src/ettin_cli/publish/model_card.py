@@ -227,10 +227,18 @@ def render_model_card(info: dict[str, Any]) -> str:
         out.append("")
     if isinstance(info.get("train_rows"), int):
         out.append(f"Training pairs in all: {info['train_rows']:,}.\n")
-    out.append(f"Loss: MSE between the student's raw output and the {target} of `{teacher}`.\n")
+    loss = hyper.get("loss")
+    loss_name = str(loss.get("name", "mse")) if isinstance(loss, dict) else str(loss or "mse")
+    words = {"mse": "MSE between the student's raw output and",
+             "listnet": "ListNet (cross-entropy between the softmax of each query's candidates' scores) on",
+             "mse+listnet": "MSE plus ListNet over each query's candidates, between the student's raw output and"}
+    out.append(f"Loss: {words.get(loss_name, words['mse'])} the {target} of `{teacher}`.\n")
     if hyper:
         out.append("| hyperparameter | value |\n| --- | --- |")
         for key, value in hyper.items():
+            if isinstance(value, dict):  # e.g. the loss: its name, then its settings
+                rest = ", ".join(f"{k} {v}" for k, v in value.items() if k != "name")
+                value = f"{value.get('name', '')}" + (f" ({rest})" if rest else "")
             out.append(f"| {_cell(key)} | {_cell(value)} |")
         out.append("")
     if throughput:
