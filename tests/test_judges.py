@@ -256,3 +256,16 @@ def test_eval_and_bench_take_a_judge_and_its_instruction(tiny_qwen3_reranker_pat
     assert code == 0, err
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
     assert rows[0]["format"] == "qwen3-reranker" and rows[0]["status"] == "ok"
+
+
+def test_a_judge_format_that_is_not_yaml_or_not_utf8_is_one_line(tmp_path):
+    from ettin_cli.label.judges import load_judge_format
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("template: [unclosed\nanswers: {positive: yes}\n")
+    with pytest.raises(EttinError, match=r"broken\.yaml line \d+: invalid YAML"):
+        load_judge_format(str(bad))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00template")
+    with pytest.raises(EttinError, match=r"binary\.yaml: not UTF-8 text"):
+        load_judge_format(str(binary))

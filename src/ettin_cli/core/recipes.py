@@ -42,21 +42,27 @@ def _size_key(name: str) -> float:
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read one YAML mapping, with a one-line error for a missing or malformed file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise EttinError(f"recipe file not found: {path}")
+    return parse_yaml_mapping(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_yaml_mapping(text: str, where: str, *, first_line: int = 1, what: str = "YAML") -> dict[str, Any]:
+    """One YAML mapping from `text` (empty: {}); a syntax error or a non-mapping is one line naming `where` and,
+    for a syntax error, the line (`first_line` is the line of `where` that `text` starts on)."""
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise EttinError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        at = f" line {mark.line + first_line}" if mark is not None else ""
+        raise EttinError(f"{where}{at}: invalid {what} ({getattr(exc, 'problem', exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise EttinError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+        raise EttinError(f"{where}: the {what} must be a mapping, got {type(data).__name__}")
     return data
 
 

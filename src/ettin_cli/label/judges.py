@@ -105,21 +105,18 @@ def load_judge_format(name_or_path: str | os.PathLike[str], option: str = "--tea
 
 def parse_judge_format(path: Path) -> JudgeFormat:
     """Read and check one judge format file; every error is one line naming the file and the key."""
-    import yaml
+    from ettin_cli.core.recipes import parse_yaml_mapping
 
     raw = path.read_bytes()
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise EttinError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EttinError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    data = parse_yaml_mapping(text, str(path))
 
     def fail(key: str, message: str) -> EttinError:
         return EttinError(f"{path}: {key}: {message}")
 
-    if not isinstance(data, dict):
-        raise EttinError(f"{path}: a judge format must be a YAML mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")

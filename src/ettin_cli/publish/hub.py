@@ -124,22 +124,12 @@ def _kib(n: int) -> int:
 
 def _card_metadata(card: str, what: str) -> dict[str, Any]:
     """The YAML front matter of a card, which the Hub validates: a bad one is refused before uploading."""
-    import yaml
+    from ettin_cli.core.recipes import parse_yaml_mapping
 
     match = re.match(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)", card, flags=re.S)
     if match is None:
         return {}
-    try:
-        meta = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 2}" if mark is not None else ""
-        raise EttinError(f"{what}{where}: invalid YAML front matter ({getattr(exc, 'problem', exc)})") from None
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict):
-        raise EttinError(f"{what}: the YAML front matter must be a mapping")
-    return meta
+    return parse_yaml_mapping(match.group(1), what, first_line=2, what="YAML front matter")
 
 
 # ------------------------------------------------------------------------------------------- the plan
