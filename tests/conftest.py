@@ -151,43 +151,13 @@ def cranfield_texts(cranfield_dir: Path) -> list[str]:
 def build_qwen2_teacher(out: Path, texts: list[str], *, vocab_size: int = 2000, hidden_size: int = 64,
                         num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
                         intermediate_size: int = 128, seed: int = 0) -> Path:
-    """A random Qwen2ForCausalLM with a byte-level BPE tokenizer in the mxbai-rerank-v2 layout.
+    """A random Qwen2ForCausalLM with a byte-level BPE tokenizer in the mxbai-rerank-v2 layout (`ettin doctor`'s
+    builder, with the test suite's vocabulary and Qwen2's 32k positions)."""
+    from ettin_cli.train.doctor import build_tiny_teacher
 
-    The tokenizer is trained on `texts` and holds `<|im_start|>`, `<|im_end|>`, `<|endoftext|>` as special
-    tokens; the digits `0` and `1` are single tokens (byte-level alphabet), as in the real Qwen2 vocabulary.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        padding_side="left", model_max_length=32768)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.architectures = ["Qwen2ForCausalLM"]
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_teacher(out, texts, vocab_size=vocab_size, seed=seed, hidden_size=hidden_size,
+                              intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
+                              num_kv_heads=num_kv_heads, max_position_embeddings=32768)
 
 
 @pytest.fixture(scope="session")

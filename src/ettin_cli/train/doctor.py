@@ -94,7 +94,9 @@ def _texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [t for pair in pairs for t in pair]
 
 
-def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
+def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0,
+                       hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2, num_heads: int = 4,
+                       num_kv_heads: int = 2, max_position_embeddings: int = 4096) -> Path:
     """A random Qwen2ForCausalLM + byte-level BPE tokenizer in the mxbai-rerank-v2 layout, saved to `out`.
 
     The tokenizer holds `<|im_start|>`, `<|im_end|>`, `<|endoftext|>` as special tokens and the digits `0` and `1`
@@ -114,8 +116,9 @@ def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 100
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         padding_side="left", model_max_length=32768)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                         max_position_embeddings=max_position_embeddings,
                          tie_word_embeddings=False, bos_token_id=None,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=tokenizer.pad_token_id)
