@@ -1,8 +1,8 @@
 """Distillation quality benchmark on Cranfield (issue #18): does the demo's student learn the teacher's order?
 
-One command (about 40 minutes on 2 CPU cores for the full ablation; `--quick` is a smoke run of minutes):
+One command (about an hour on 2 idle CPU cores with the default rows; `--quick` is a smoke run):
 
-    .venv/bin/python benchmarks/bench_distill.py [--quick] [--steps 120] [--ablation-steps 60] [--rows ...]
+    .venv/bin/python benchmarks/bench_distill.py [--quick] [--steps 350] [--ablation-steps 175] [--rows ...|all]
 
 Set-up, all through the production CLI (`ettin mine/score/select/train/eval` as subprocesses):
 
@@ -11,10 +11,11 @@ Set-up, all through the production CLI (`ettin mine/score/select/train/eval` as 
   teacher alone (their judgments are never read: BM25 top-32 candidates, no positives added).
 - Teacher: the offline all-MiniLM-L6-v2 (bi-encoder, cosine). Student: its BERT backbone + the recipe's head,
   `recipes/demo.yaml` (the defaults under test), one temporary recipe YAML per ablation row.
-- Each row is one change from the defaults row at the same budget (`--ablation-steps` optimizer steps of the
-  recipe's global batch 32); the defaults row also runs at `--steps` (the headline) with the student before
-  training saved. In-training evaluation uses 10 *training* queries, so the held-out queries never pick a
-  checkpoint.
+- The headline is the defaults at `--steps` (one epoch of every training query's 32 candidates, about 8-9
+  minutes of training on 2 cores: the issue's CPU budget), with the student before training saved. Each ablation
+  row is one change from the defaults at `--ablation-steps` (half the headline), scaled by the row's step factor
+  where its change makes a step dearer (256 tokens, batch 32), so every row gets the same CPU minutes.
+  In-training evaluation uses 10 *training* queries, so the held-out queries never pick a checkpoint.
 - One `ettin eval` on the held-out queries (BM25 top-30 reranked, `--reference` = the teacher) gives NDCG@10
   of BM25, the teacher and every student, and each student's held-out MSE to the teacher, the teacher-variance
   baseline (the MSE of predicting the teacher's mean score), their ratio and the mean per-query Spearman.
@@ -39,23 +40,33 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Each ablation row: (name, what changed, recipe overrides {section: {key: value}}, data variant).
-ROWS: list[tuple[str, str, dict[str, dict[str, Any]], str]] = [
-    ("defaults", "recipes/demo.yaml as shipped", {}, "q-all-16"),
+# Each ablation row: (name, what changed, recipe overrides {section: {key: value}}, data variant, step factor).
+# The step factor keeps a row's CPU minutes (or pairs seen) at the defaults' budget when its change makes a step
+# dearer: 256 tokens cost about 2x a step at 128, a batch of 32 2x one of 16.
+Row = tuple[str, str, dict[str, dict[str, Any]], str, float]
+ROWS: list[Row] = [
+    ("defaults", "recipes/demo.yaml as shipped (128 tokens, batch 16, lr 3e-4)", {}, "q-all-32", 1.0),
+    ("previous-demo", "the previous demo.yaml: 256 tokens, batch 32, lr 1e-4 (1/4 of the steps: same CPU minutes)",
+     {"model": {"max_length": 256}, "training": {"learning_rate": 1.0e-4, "global_batch_size": 32}}, "q-all-32",
+     0.25),
     ("head-default", "model.head_init: default (random output layer)", {"model": {"head_init": "default"}},
-     "q-all-16"),
-    ("pool-cls", "model.pooling: cls", {"model": {"pooling": "cls"}}, "q-all-16"),
-    ("lr-2.4e-4", "lr 2.4e-4 (17m's), warmup 3% (the release's)",
-     {"training": {"learning_rate": 2.4e-4, "warmup_steps": 0.03}}, "q-all-16"),
-    ("lr-3e-5", "lr 3e-5, warmup 10%", {"training": {"learning_rate": 3.0e-5}}, "q-all-16"),
-    ("len-128", "model.max_length: 128", {"model": {"max_length": 128}}, "q-all-16"),
-    ("q-half-32", "half the queries x 32 candidates (same pairs/step)", {}, "q-half-32"),
+     "q-all-32", 1.0),
+    ("pool-cls", "model.pooling: cls", {"model": {"pooling": "cls"}}, "q-all-32", 1.0),
+    ("lr-1e-4", "lr 1e-4", {"training": {"learning_rate": 1.0e-4}}, "q-all-32", 1.0),
+    ("lr-2.4e-4-w3", "lr 2.4e-4, warmup 3% (17m's, the release's)",
+     {"training": {"learning_rate": 2.4e-4, "warmup_steps": 0.03}}, "q-all-32", 1.0),
+    ("len-256", "model.max_length: 256 (half the steps: same CPU minutes)", {"model": {"max_length": 256}},
+     "q-all-32", 0.5),
+    ("batch-32", "global batch 32 (half the steps: same pairs seen)", {"training": {"global_batch_size": 32}},
+     "q-all-32", 0.5),
+    ("q-all-16", "16 candidates per query (teacher top 8 + 8 sampled), every query", {}, "q-all-16", 1.0),
+    ("q-half-32", "half the queries x all 32 candidates (the same pairs as q-all-16)", {}, "q-half-32", 1.0),
     ("loss-listnet", "training.loss: listnet (ST ListNetLoss, 16 docs/query)", {"training": {"loss": "listnet"}},
-     "q-all-16"),
-    ("loss-mse+listnet", "training.loss: mse+listnet", {"training": {"loss": "mse+listnet"}}, "q-all-16"),
-    ("fast-small-batch", "max length 128, batch 16, lr 3e-4 (4x the steps per CPU minute)",
-     {"model": {"max_length": 128}, "training": {"learning_rate": 3.0e-4, "global_batch_size": 16}}, "q-all-16"),
+     "q-all-32", 1.0),
+    ("loss-mse+listnet", "training.loss: mse+listnet", {"training": {"loss": "mse+listnet"}}, "q-all-32", 1.0),
 ]
+DEFAULT_ROWS = ("defaults,previous-demo,head-default,pool-cls,lr-1e-4,lr-2.4e-4-w3,len-256,q-all-16,loss-listnet,"
+                "loss-mse+listnet")
 
 
 def ettin(*args: str, log: Path) -> float:
@@ -130,16 +141,23 @@ def main() -> None:
     parser.add_argument("--cranfield", type=Path, default=ROOT.parent / "shared" / "data" / "cranfield")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
     parser.add_argument("--heldout", type=int, default=50, help="held-out judged queries (evaluation only)")
-    parser.add_argument("--steps", type=int, default=None, help="steps of the headline (defaults) run (120)")
-    parser.add_argument("--ablation-steps", type=int, default=None, help="steps of every ablation row (60)")
-    parser.add_argument("--rows", default=",".join(r[0] for r in ROWS), help="comma-separated ablation rows")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 held-out queries, 10/8 steps unless given")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps of the headline (defaults) run (350: one epoch of the 175 training queries x 32)")
+    parser.add_argument("--ablation-steps", type=int, default=None,
+                        help="steps of every ablation row before its step factor (175)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS,
+                        help=f"comma-separated ablation rows, or `all` ({', '.join(r[0] for r in ROWS)})")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 held-out queries, 40/20 steps unless given")
     args = parser.parse_args()
     if args.quick:
         args.heldout = 20
         args.out = args.out.with_name(args.out.name + "-quick")
-    args.steps = args.steps or (10 if args.quick else 120)
-    args.ablation_steps = args.ablation_steps or (8 if args.quick else 60)
+    args.steps = args.steps or (40 if args.quick else 350)
+    args.ablation_steps = args.ablation_steps or (20 if args.quick else 175)
+    names = [r[0] for r in ROWS] if args.rows == "all" else args.rows.split(",")
+    unknown = sorted(set(names) - {r[0] for r in ROWS})
+    if unknown:
+        sys.exit(f"--rows: unknown row(s) {', '.join(unknown)}; rows: {', '.join(r[0] for r in ROWS)}")
     if not (args.cranfield / "corpus.jsonl").is_file():
         sys.exit(f"no Cranfield at {args.cranfield} (BEIR layout expected)")
     out = args.out
@@ -156,21 +174,21 @@ def main() -> None:
               "--output", str(out / "mined"), "--overwrite", log=log)
         ettin("score", str(out / "mined"), "--teacher", teacher, "--teacher-format", "bi-encoder",
               "--output", str(out / "scored"), "--overwrite", log=log)
-    data = {"q-all-16": out / "selected", "q-half-32": out / "half32.parquet"}
+    data = {"q-all-32": out / "scored", "q-all-16": out / "selected", "q-half-32": out / "half32.parquet"}
     if not (out / "selected" / ".ettin" / "manifest.json").is_file():
         ettin("select", str(out / "scored"), "--output", str(out / "selected"), "--keep", "32", "--hard", "4",
               "--head", "8", "--band-count", "8", "--band", "8:32", "--overwrite", log=log)
     half_rows = half_queries_all_candidates(out / "scored", data["q-half-32"])
-    cut = truncation_counts(out / "selected", teacher)
+    cut = truncation_counts(out / "scored", teacher)
     print(f"training queries: {n_train} (teacher labels only), held-out queries: {args.heldout}; "
           f"q-half-32 rows: {half_rows}")
     print(f"training pairs {cut['pairs']}: median {cut['median_tokens']} tokens; cut at 128: {cut['over_128']} "
           f"({cut['over_128'] / cut['pairs']:.0%}), cut at 256: {cut['over_256']} "
           f"({cut['over_256'] / cut['pairs']:.0%})")
 
-    wanted = [r for r in ROWS if r[0] in args.rows.split(",")]
-    plan = [("defaults@headline", "recipes/demo.yaml as shipped", {}, "q-all-16", args.steps)]
-    plan += [(name, what, over, variant, args.ablation_steps) for name, what, over, variant in wanted]
+    plan = [("defaults@headline", ROWS[0][1], {}, "q-all-32", args.steps)]
+    plan += [(name, what, over, variant, max(1, round(args.ablation_steps * factor)))
+             for name, what, over, variant, factor in ROWS if name in names]
     results: dict[str, dict[str, Any]] = {}
     for name, what, overrides, variant, steps in plan:
         run_dir = out / "runs" / f"{name}-{steps}steps"
