@@ -401,10 +401,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_
 # -------------------------------------------------------------------------------------------- training
 
 
-def test_distillation_halves_the_held_out_mse_to_the_teacher(trained, scored, tiny_modernbert_path):
+def test_trainer_eval_loss_is_the_held_out_mse_computed_independently(trained, scored, tiny_modernbert_path):
     """MSE to the teacher on pairs of queries never trained on, computed here with `predict`: the weights at the
     end of the 8 training steps against the untrained student (same seed). The trainer's own eval loss on the same
-    held-out pairs must agree with this independent computation."""
+    held-out pairs must agree with this independent computation.
+
+    Tiny random models: this checks the bookkeeping, not quality (a random head's offset makes "the MSE halves"
+    easy). Whether a real student learns a real teacher's order on held-out queries (MSE < 0.5 x the teacher
+    scores' variance, positive Spearman) is `test_demo.py`'s check."""
     from sentence_transformers import CrossEncoder
 
     from ettin_cli.core.hardware import Precision
