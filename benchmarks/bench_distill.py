@@ -114,16 +114,18 @@ def half_queries_all_candidates(scored: Path, dest: Path, seed: int = 12) -> int
 
 
 def truncation_counts(data: Path, tokenizer_path: str) -> dict[str, Any]:
-    """How many training pairs are longer than 128 / 256 tokens (i.e. cut at that max length)."""
-    import pyarrow.parquet as pq
+    """How many training pairs are longer than 128 / 256 tokens (cut at that max length): `ettin train`'s own
+    count (`train.data.count_cut_pairs`) on every row, at both lengths."""
+    from datasets import Dataset
     from transformers import AutoTokenizer
 
-    table = pq.read_table(sorted(data.glob("part-*.parquet")), columns=["query", "document"])
+    from ettin_cli.train.data import count_cut_pairs
+
+    ds = Dataset.from_parquet([str(p) for p in sorted(data.glob("part-*.parquet"))], columns=["query", "document"])
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    enc = tok(table.column("query").to_pylist(), table.column("document").to_pylist(), truncation=False)
-    lengths = [len(ids) for ids in enc["input_ids"]]
-    return {"pairs": len(lengths), "over_128": sum(n > 128 for n in lengths),
-            "over_256": sum(n > 256 for n in lengths), "median_tokens": sorted(lengths)[len(lengths) // 2]}
+    at = {n: count_cut_pairs(tok, ds, n, sample=len(ds)) for n in (128, 256)}
+    return {"pairs": len(ds), "over_128": at[128]["cut"], "over_256": at[256]["cut"],
+            "median_tokens": at[128]["median_tokens"]}
 
 
 def write_recipe(path: Path, overrides: dict[str, dict[str, Any]]) -> None:
