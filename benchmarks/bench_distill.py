@@ -14,7 +14,7 @@ Set-up, all through the production CLI (`ettin mine/score/select/train/eval` as 
 - The headline is the defaults at `--steps` (one epoch of every training query's 32 candidates, about 8-9
   minutes of training on 2 cores: the issue's CPU budget), with the student before training saved. Each ablation
   row is one change from the defaults at `--ablation-steps` (half the headline), scaled by the row's step factor
-  where its change makes a step dearer (256 tokens, batch 32), so every row gets the same CPU minutes.
+  where its change makes a step dearer (256 tokens, batch 32), so the rows get comparable CPU minutes.
   In-training evaluation uses 10 *training* queries, so the held-out queries never pick a checkpoint.
 - One `ettin eval` on the held-out queries (BM25 top-30 reranked, `--reference` = the teacher) gives NDCG@10
   of BM25, the teacher and every student, and each student's held-out MSE to the teacher, the teacher-variance
