@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed-$(TORCH)
 PYTEST_ARGS ?=
 
 .PHONY: help install test lint demo clean mix mine lists lists-all score score-all select select-all train train-all \
-	push push-all push-data eval bench
+	push push-all push-data eval eval-mteb bench
 
 # ---------------------------------------------------------------------------------------------------------
 # The production chain (GPU box or cluster). Every step writes DIR/.ettin/manifest.json when complete; make targets are
@@ -170,6 +170,12 @@ push-data: need-ORG ## 5. publish the scored data as one dataset: ORG=my-org
 eval: | $(STAMP) ## 6. teacher and every trained size on EVAL_DATA (default nanobeir)
 	$(ETTIN) eval $(TEACHER) $(wildcard $(foreach s,$(SIZES),$(RUNS)/$(s)/final)) --data $(EVAL_DATA) \
 		--output $(RUNS)/eval $(EVAL_ARGS)
+
+# The release's headline table (recipes/eval/mteb.yaml): MTEB(eng, v2) Retrieval, its six retrievers' top-100
+# reranked by the teacher and every trained size, scored by mteb; resumable (rerun to continue). docs/mteb.md.
+eval-mteb: | $(STAMP) ## 6. the release's MTEB(eng, v2) protocol: six retrievers x top-100, teacher + every trained size
+	$(ETTIN) eval $(TEACHER) $(wildcard $(foreach s,$(SIZES),$(RUNS)/$(s)/final)) --benchmark "MTEB(eng, v2)" \
+		--output $(RUNS)/eval-mteb $(EVAL_MTEB_ARGS)
 
 bench: | $(STAMP) ## 6. throughput of the teacher and every trained size (pairs/s, bf16+FA2 on a GPU)
 	$(ETTIN) bench $(wildcard $(foreach s,$(SIZES),$(RUNS)/$(s)/final)) $(TEACHER) --output $(RUNS)/bench $(BENCH_ARGS)

@@ -109,3 +109,46 @@ def training_curves_chart(losses: Sequence[Mapping[str, Any]], evals: Sequence[M
     ax_metric.set_title(primary.removeprefix("eval_"))
     fig.tight_layout()
     _save(fig, path)
+
+
+def mteb_chart(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """`ettin eval --benchmark`'s chart: mean NDCG@10 per model, one bar per retriever, the published number as a
+    black tick over the model's bars (a reranker: the release's mean over its six retrievers).
+
+    With one retriever and several tasks the bars are per task instead (`eval_chart`'s grouped layout), so a
+    quick look on one first stage still shows where each model wins.
+    """
+    blocks = report["blocks"]
+    tasks = report["tasks"]
+    if len(blocks) == 1 and len(tasks) > 1:
+        entries = [{"model": row["model"], "role": row["role"],
+                    "datasets": {t: {"ndcg@10": row["tasks"].get(t, 0.0)} for t in tasks},
+                    "mean": {"ndcg@10": row["mean"] or 0.0}} for row in blocks[0]["rows"]]
+        eval_chart(entries, path, title=f"{report['benchmark']}: NDCG@10, top-{report['top_k']} of "
+                                        f"{blocks[0]['label']} reranked")
+        return
+    plt = _pyplot()
+    models = [row["model"] for row in blocks[0]["rows"] if row["role"] == "reranker"]
+    if not models:
+        raise ValueError("mteb_chart: nothing to draw")
+    width = 0.8 / len(blocks)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(models) * max(1, len(blocks)) * 0.5 + 2), 4.2))
+    for i, block in enumerate(blocks):
+        by_model = {row["model"]: row for row in block["rows"] if row["role"] == "reranker"}
+        values = [by_model[m]["mean"] or 0.0 for m in models]
+        xs = [x + (i - (len(blocks) - 1) / 2) * width for x in range(len(models))]
+        bars = ax.bar(xs, values, width=width, label=str(block["label"]))
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, rotation=90, padding=2)
+    published = {row["model"]: row["published"] for row in blocks[0]["rows"] if row["published"] is not None}
+    for x, model in enumerate(models):
+        if model in published:
+            ax.hlines(published[model], x - 0.45, x + 0.45, colors="black", linewidth=2,
+                      label="published" if x == min(models.index(m) for m in published) else None)
+    ax.set_xticks(range(len(models)), models, rotation=30 if len(models) > 4 else 0,
+                  ha="right" if len(models) > 4 else "center")
+    ax.set_ylabel("mean nDCG@10")
+    ax.set_ylim(0, 1.0)
+    ax.set_title(f"{report['benchmark']}: mean NDCG@10 over {len(tasks)} task(s), top-{report['top_k']} reranked")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
