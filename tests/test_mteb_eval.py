@@ -2,7 +2,9 @@
 
 The flow runs once (module fixture) on Cranfield as a local mteb retrieval task: the real all-MiniLM-L6-v2
 retrieves (stage 1, mteb's prediction folder), a real Sentence Transformers CrossEncoder (the suite's saved
-Ettin student) reranks the top 10 of 6 queries (stage 2, mteb's `convert_to_reranking`). Its NDCG@10 is then
+Ettin student) reranks the top 10 of 6 queries (stage 2, mteb's `convert_to_reranking`). So that stage 1 stays
+cheap on 2 CPU cores, the collection is Cranfield cut down in its own BEIR layout: the 6 queries, their judged
+documents and the first 150 other documents, read by the same `--benchmark PATH` code path. Its NDCG@10 is then
 recomputed by `ettin eval`'s own code on the same candidates: two independent implementations must agree.
 """
 
@@ -23,12 +25,45 @@ MAX_QUERIES = 6
 NDCG_TOLERANCE = 1e-5
 
 
+OTHER_DOCUMENTS = 150
+
+
 @pytest.fixture(scope="module")
-def mteb_run(cranfield_dir, minilm_path, tiny_student_path, tmp_path_factory):
+def cranfield_cut(cranfield_dir, tmp_path_factory) -> Path:
+    """Cranfield's first 6 judged queries, their judged documents and 150 others, as a BEIR folder `cranfield/`."""
+    from ettin_cli.io.beir import load_beir
+
+    full = load_beir(cranfield_dir)
+    queries = full.judged_queries[:MAX_QUERIES]
+    judged = {d for q in queries for d in full.qrels[q]}
+    keep = judged | set([d for d in full.corpus if d not in judged][:OTHER_DOCUMENTS])
+    out = tmp_path_factory.mktemp("cut") / "cranfield"
+    (out / "qrels").mkdir(parents=True)
+    with open(cranfield_dir / "corpus.jsonl", encoding="utf-8") as src, \
+            open(out / "corpus.jsonl", "w", encoding="utf-8") as dst:
+        dst.writelines(line for line in src if line.strip() and json.loads(line)["_id"] in keep)
+    with open(out / "queries.jsonl", "w", encoding="utf-8") as dst:
+        dst.writelines(json.dumps({"_id": q, "text": full.queries[q]}) + "\n" for q in queries)
+    with open(out / "qrels" / "test.tsv", "w", encoding="utf-8") as dst:
+        dst.write("query-id\tcorpus-id\tscore\n")
+        dst.writelines(f"{q}\t{d}\t{g}\n" for q in queries for d, g in full.qrels[q].items())
+    return out
+
+
+@pytest.fixture(scope="module")
+def cranfield(cranfield_cut):
+    """The cut collection as `ettin eval --data` reads it (overrides conftest's full Cranfield in this module)."""
+    from ettin_cli.io.beir import load_beir
+
+    return load_beir(cranfield_cut)
+
+
+@pytest.fixture(scope="module")
+def mteb_run(cranfield_cut, minilm_path, tiny_student_path, tmp_path_factory):
     from ettin_cli.measure.mteb_eval import MtebEvalConfig, evaluate_mteb
 
     out = tmp_path_factory.mktemp("mteb-eval") / "out"
-    config = MtebEvalConfig(models=[str(tiny_student_path)], benchmark=str(cranfield_dir),
+    config = MtebEvalConfig(models=[str(tiny_student_path)], benchmark=str(cranfield_cut),
                             retrievers=[str(minilm_path)], top_k=TOP_K, max_queries=MAX_QUERIES, output=str(out),
                             device="cpu")
     report = evaluate_mteb(config)
@@ -179,10 +214,10 @@ def test_release_benchmark_tasks_and_query_counts():
         ["SCIDOCS", "ArguAna"]
 
 
-def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_dir, tiny_student_path, tmp_path, capsys):
+def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_cut, tiny_student_path, tmp_path, capsys):
     _, report, _ = mteb_run
     out = tmp_path / "cli"
-    code, stdout, stderr = run_cli(["eval", str(tiny_student_path), "--benchmark", str(cranfield_dir),
+    code, stdout, stderr = run_cli(["eval", str(tiny_student_path), "--benchmark", str(cranfield_cut),
                                     "--retriever", str(_predictions(report).parent), "--top-k", str(TOP_K),
                                     "--max-queries", str(MAX_QUERIES), "--device", "cpu", "-o", str(out)], capsys)
     assert code == 0, stderr
@@ -202,10 +237,10 @@ def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_dir, t
     (["--benchmark", "ArguAna", "--retriever", "MINILM"], "mteb/arguana"),
     (["--benchmark", "CRANFIELD"], "needs at least one --retriever"),
 ])
-def test_cli_errors_are_one_line(args, needle, cranfield_dir, minilm_path, tiny_student_path, tmp_path, capsys,
+def test_cli_errors_are_one_line(args, needle, cranfield_cut, minilm_path, tiny_student_path, tmp_path, capsys,
                                  monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = [str(minilm_path) if a == "MINILM" else str(cranfield_dir) if a == "CRANFIELD" else a for a in args]
+    args = [str(minilm_path) if a == "MINILM" else str(cranfield_cut) if a == "CRANFIELD" else a for a in args]
     code, _, stderr = run_cli(["eval", str(tiny_student_path), *args, "-o", str(tmp_path / "o")], capsys)
     assert code == 2
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
