@@ -137,8 +137,10 @@ def select_tasks(benchmark: str, tasks: Sequence[str] | None = None, max_queries
             raise EttinError(f"--benchmark {text}: no such folder (expected a BEIR layout folder)")
         found = [local_task(p, max_queries) for p in _local_folders(root)]
     else:
+        known = {b.name.lower(): b.name for b in mteb.get_benchmarks()}
         try:
-            found = [t for t in mteb.get_benchmark(text).tasks if t.metadata.type == "Retrieval"]
+            bench = mteb.get_benchmark(known.get(text.lower(), text))  # "nanobeir" works as well as "NanoBEIR"
+            found = [t for t in bench.tasks if t.metadata.type == "Retrieval"]
         except KeyError:
             names = [n.strip() for n in text.split(",") if n.strip()]
             found = _tasks_by_name(mteb, names, option="--benchmark", what=text)
