@@ -214,19 +214,26 @@ def test_release_benchmark_tasks_and_query_counts():
         ["SCIDOCS", "ArguAna"]
 
 
-def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_cut, tiny_student_path, tmp_path, capsys):
+def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_cut, tiny_student_path,
+                                                      tiny_qwen2_teacher_path, tmp_path, capsys):
+    """`--benchmark PATH` through the CLI, the retriever being a folder of mteb predictions already made, and a
+    judge-format teacher (mxbai-v2 layout) reranking through mteb beside the student."""
     _, report, _ = mteb_run
     out = tmp_path / "cli"
-    code, stdout, stderr = run_cli(["eval", str(tiny_student_path), "--benchmark", str(cranfield_cut),
-                                    "--retriever", str(_predictions(report).parent), "--top-k", str(TOP_K),
-                                    "--max-queries", str(MAX_QUERIES), "--device", "cpu", "-o", str(out)], capsys)
+    code, stdout, stderr = run_cli(["eval", str(tiny_student_path), str(tiny_qwen2_teacher_path),
+                                    "--benchmark", str(cranfield_cut), "--retriever", str(_predictions(report).parent),
+                                    "--top-k", str(TOP_K), "--max-queries", str(MAX_QUERIES), "--device", "cpu",
+                                    "-o", str(out)], capsys)
     assert code == 0, stderr
     assert "cranfield" in stdout and "published" in stdout
     written = json.loads((out / "mteb_eval.json").read_text())
-    rows = {row["role"]: row for row in written["blocks"][0]["rows"]}
-    # The same candidates (the predictions folder), the same model: the same NDCG@10 as the embedder run.
-    assert rows["reranker"]["tasks"]["cranfield"] == pytest.approx(
-        next(r for r in _block(report)["rows"] if r["role"] == "reranker")["tasks"]["cranfield"], abs=NDCG_TOLERANCE)
+    rows = written["blocks"][0]["rows"]
+    assert [row["role"] for row in rows] == ["reranker", "reranker"]  # no retriever-only row for a predictions folder
+    assert [row["format"] for row in rows] == ["cross-encoder", "mxbai-v2"]
+    # The same candidates (the predictions folder), the same student: the same NDCG@10 as the embedder run.
+    first = next(r for r in _block(report)["rows"] if r["role"] == "reranker")
+    assert rows[0]["tasks"]["cranfield"] == pytest.approx(first["tasks"]["cranfield"], abs=NDCG_TOLERANCE)
+    assert 0.0 <= rows[1]["tasks"]["cranfield"] <= 1.0
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -23,7 +23,7 @@ HELP = (
     'retrieve passages that answer it"\n\n'
     '  ettin eval teacher/ runs/17m/final --data beir/scifact --reference 1   # MSE/Spearman to the teacher\n\n'
     'With --benchmark instead of --data, the `mteb` library runs the two-stage evaluation of the release '
-    '(pip install \'ettin-cli[mteb]\'): each --retriever (an embedder, or a folder of mteb predictions) '
+    '(the mteb extra: pip install mteb): each --retriever (an embedder, or a folder of mteb predictions) '
     'retrieves once, every MODEL reranks its top-k, and mteb computes NDCG@10. Results go to OUTPUT in mteb\'s '
     'own layout (one result cache per retriever), with OUTPUT/mteb_eval.json, OUTPUT/mteb_eval.png and a table '
     'per retriever whose last columns are the release\'s published number and the difference. A rerun skips '
