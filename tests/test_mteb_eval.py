@@ -4,7 +4,7 @@ The flow runs once (module fixture) on Cranfield as a local mteb retrieval task:
 retrieves (stage 1, mteb's prediction folder), a real Sentence Transformers CrossEncoder (the suite's saved
 Ettin student) reranks the top 10 of 6 queries (stage 2, mteb's `convert_to_reranking`). So that stage 1 stays
 cheap on 2 CPU cores, the collection is Cranfield cut down in its own BEIR layout: the 6 queries, their judged
-documents and the first 150 other documents, read by the same `--benchmark PATH` code path. Its NDCG@10 is then
+documents and the first 60 other documents, read by the same `--benchmark PATH` code path. Its NDCG@10 is then
 recomputed by `ettin eval`'s own code on the same candidates: two independent implementations must agree.
 """
 
@@ -25,12 +25,12 @@ MAX_QUERIES = 6
 NDCG_TOLERANCE = 1e-5
 
 
-OTHER_DOCUMENTS = 150
+OTHER_DOCUMENTS = 60
 
 
 @pytest.fixture(scope="module")
 def cranfield_cut(cranfield_dir, tmp_path_factory) -> Path:
-    """Cranfield's first 6 judged queries, their judged documents and 150 others, as a BEIR folder `cranfield/`."""
+    """Cranfield's first 6 judged queries, their judged documents and 60 others, as a BEIR folder `cranfield/`."""
     from ettin_cli.io.beir import load_beir
 
     full = load_beir(cranfield_dir)

@@ -29,8 +29,10 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import local_model_identity, write_json_atomic
+from ettin_cli.core.hardware import resolve_device
 from ettin_cli.core.memory import release_device_memory
 from ettin_cli.core.sources import resolve_source
+from ettin_cli.label.teacher import is_judge_format
 from ettin_cli.measure.evaluation import SCORE_CHUNK, expand_formats, model_labels, resolve_model
 from ettin_cli.measure.mteb_report import build_report, load_protocol, write_outputs
 from ettin_cli.measure.mteb_tasks import expected_queries, is_local_task, load_task, require_mteb, select_tasks
@@ -166,7 +168,7 @@ class EttinReranker:
 
     def _scorer(self) -> Any:
         if self.scorer is None:
-            from ettin_cli.label.teacher import is_judge_format, load_teacher
+            from ettin_cli.label.teacher import load_teacher
 
             kwargs = dict(self.load_kwargs)
             if not is_judge_format(self.format):
@@ -304,6 +306,9 @@ def evaluate_mteb(config: MtebEvalConfig) -> dict[str, Any]:
         raise EttinError(f"--output {output}: exists and is not a directory")
     formats = expand_formats(config.models, config.formats)
     resolved = [resolve_model(m, f) for m, f in zip(config.models, formats, strict=True)]
+    if config.instruction is not None and not any(is_judge_format(f) for _, f in resolved):
+        raise EttinError("--instruction applies to judge formats (mxbai-v2, qwen3-reranker, a .yaml format) and "
+                         "no MODEL is one")
     labels = model_labels(config.models)
     retrievers = [resolve_retriever(v, lab) for v, lab in zip(config.retrievers, model_labels(config.retrievers),
                                                              strict=True)]
@@ -315,8 +320,6 @@ def evaluate_mteb(config: MtebEvalConfig) -> dict[str, Any]:
                  for m, (path, fmt), label in zip(config.models, resolved, labels, strict=True)]
     folders = {r.value: retriever_folder(output, r, config.top_k, config.max_queries) for r in retrievers}
     _log_plan(tasks, retrievers, rerankers, folders, config)
-
-    from ettin_cli.core.hardware import resolve_device
 
     device = resolve_device(config.device)
     embedders: dict[str, Any] = {}
