@@ -96,6 +96,9 @@ class Retriever:
 def resolve_retriever(value: str, label: str) -> Retriever:
     """Check a `--retriever` value at once: a missing folder, an offline Hub id, a folder that is neither an
     embedder nor predictions, each one line."""
+    if value.strip().lower() == "bm25":
+        raise EttinError("--retriever bm25 is `ettin eval --data`'s own first stage; with --benchmark give an embedder "
+                         "(a Sentence Transformers folder or Hub id) or a folder of mteb predictions")
     source = resolve_source(value, option="--retriever", offline_hint="--retriever DIR (a local Sentence "
                             "Transformers folder, or a folder of mteb *_predictions.json files)")
     if source.path is None:
@@ -244,7 +247,13 @@ def run_stage1(retriever: Retriever, task: Any, folder: Path, *, device: str, ba
     mteb = require_mteb()
     ensure_loaded()
     if retriever.value not in embedders:
-        embedders[retriever.value] = _load_embedder(retriever, device)
+        try:
+            embedders[retriever.value] = _load_embedder(retriever, device)
+        except EttinError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a missing package, bad weights, a network error: one line
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise EttinError(f"--retriever {retriever.value}: cannot load the embedder ({reason})") from None
     # mteb writes the predictions file in place; write it in a scratch folder and rename, so an interrupted
     # run never leaves half a file that a rerun would take as done.
     scratch = pred_dir / f".tmp-{task.metadata.name}"
