@@ -244,6 +244,7 @@ def test_cli_benchmark_path_with_a_predictions_folder(mteb_run, cranfield_cut, t
     (["--benchmark", "ArguAna", "--retriever", "MINILM"], "mteb/arguana"),
     (["--benchmark", "CRANFIELD"], "needs at least one --retriever"),
     (["--benchmark", "CRANFIELD", "--retriever", "bm25"], "--retriever bm25 is `ettin eval --data`'s own"),
+    (["--retriever", "MINILM"], "give --data (a BEIR folder or nanobeir) or --benchmark"),
     # No --retriever on the release's benchmark: its six (recipes/eval/mteb.yaml), the first of which is offline here.
     (["--benchmark", "MTEB(eng, v2)"], "--retriever sentence-transformers/static-retrieval-mrl-en-v1: not a local"),
 ])

@@ -47,7 +47,8 @@ def eval_command(
                                          "mteb task names (ArguAna,SCIDOCS), or a PATH to a BEIR folder."),
     retrievers: list[str] = typer.Option(None, "--retriever", help="First stage: 'bm25' or a bi-encoder "
                                          "(Sentence Transformers folder or Hub id). With --benchmark: an embedder "
-                                         "or a folder of mteb predictions, repeatable (the release used six)."),
+                                         "or a folder of mteb predictions, repeatable; none on \"MTEB(eng, v2)\": the "
+                                         "release's six."),
     tasks: str | None = typer.Option(None, "--tasks", help="With --benchmark: only these of its tasks "
                                      "(comma-separated mteb names)."),
     top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates per query to rerank (100 in every "
