@@ -141,6 +141,13 @@ def test_rerun_resumes_without_calling_models(mteb_run, monkeypatch):
     assert counted == [1] and calls == []
     assert resumed["blocks"][0]["rows"] == report["blocks"][0]["rows"]
 
+    # A result file cut short by a kill while mteb wrote it: redone, not a crash on every rerun.
+    written = next(results.glob(f"{_block(report)['rows'][1]['model']}/*/cranfield.json"))
+    written.write_text(written.read_text()[:40])
+    again = mteb_eval.evaluate_mteb(mteb_eval.MtebEvalConfig.from_dict(config.to_dict()))
+    assert counted == [1, 1]
+    assert again["blocks"][0]["rows"] == report["blocks"][0]["rows"]
+
 
 class _Reranker:
     def __init__(self, model, path=None):

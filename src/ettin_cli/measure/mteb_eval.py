@@ -349,7 +349,7 @@ def evaluate_mteb(config: MtebEvalConfig) -> dict[str, Any]:
             cache = _cache(folders[r.value])
             todo = []
             for rr in rerankers:
-                cached = cache.load_task_result(name, rr.mteb_model_meta)
+                cached = _cached_result(cache, name, rr.mteb_model_meta)
                 if cached is not None and not cached.get_missing_evaluations(task):
                     scores[r.value][rr.label][name] = _main_score(cached)
                 else:
@@ -383,6 +383,18 @@ def evaluate_mteb(config: MtebEvalConfig) -> dict[str, Any]:
                           {r.value: retriever_scores(folders[r.value], task_names) for r in retrievers}, protocol)
     write_outputs(report, output)
     return report
+
+
+def _cached_result(cache: Any, task_name: str, meta: Any) -> Any:
+    """A finished result from mteb's cache, or None. mteb writes result files in place, so a run killed while
+    writing can leave a broken one: it is removed (and redone) rather than stopping every rerun."""
+    try:
+        return cache.load_task_result(task_name, meta)
+    except Exception as exc:  # noqa: BLE001 - broken JSON or a schema error: the result is not there
+        path = cache.get_task_result_path(task_name, meta)
+        logger.warning("%s: unreadable mteb result (%s); computing it again", path, type(exc).__name__)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _top_ranked(task: Any) -> dict[tuple[str, str], Any]:
