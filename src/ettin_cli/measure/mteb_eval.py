@@ -278,7 +278,7 @@ def retriever_scores(folder: Path, task_names: Sequence[str]) -> dict[str, float
     cache = _cache(folder)
     out = {}
     for name in task_names:
-        result = cache.load_task_result(name, names["name"], names["revision"])
+        result = _cached_result(cache, name, names["name"], names["revision"])
         if result is not None:
             out[name] = _main_score(result)
     return out
@@ -385,13 +385,13 @@ def evaluate_mteb(config: MtebEvalConfig) -> dict[str, Any]:
     return report
 
 
-def _cached_result(cache: Any, task_name: str, meta: Any) -> Any:
+def _cached_result(cache: Any, task_name: str, meta: Any, revision: str | None = None) -> Any:
     """A finished result from mteb's cache, or None. mteb writes result files in place, so a run killed while
     writing can leave a broken one: it is removed (and redone) rather than stopping every rerun."""
     try:
-        return cache.load_task_result(task_name, meta)
+        return cache.load_task_result(task_name, meta, revision)
     except Exception as exc:  # noqa: BLE001 - broken JSON or a schema error: the result is not there
-        path = cache.get_task_result_path(task_name, meta)
+        path = cache.get_task_result_path(task_name, meta, revision)
         logger.warning("%s: unreadable mteb result (%s); computing it again", path, type(exc).__name__)
         path.unlink(missing_ok=True)
         return None
