@@ -105,15 +105,12 @@ def trained_model(tiny_student_path, tiny_modernbert_path, tmp_path_factory) -> 
     """A student folder laid out like `ettin train`'s OUT/final: model files, ettin_training.json, README.md."""
     import shutil
 
-    from ettin_cli.core.files import write_json_atomic
-    from ettin_cli.publish.model_card import render_model_card
+    from ettin_cli.publish.training_record import TrainingRecord
 
     out = tmp_path_factory.mktemp("run") / "final"
     shutil.copytree(tiny_student_path, out)
-    info = training_record(str(tiny_modernbert_path))
-    # As `ettin train` does: the record is stored key-sorted, the card rendered from the record in memory.
-    write_json_atomic(out / models.TRAINING_RECORD, info)
-    (out / "README.md").write_text(render_model_card(info))
+    # As `ettin train` does: the card rendered from the record, the record stored with the card's hash.
+    TrainingRecord.from_dict(training_record(str(tiny_modernbert_path))).write_with_card(out)
     # Things a push must leave out: hidden folders and a temp file left by a killed writer.
     (out / ".cache").mkdir()
     (out / ".cache" / "junk.lock").write_text("x")

@@ -1,25 +1,21 @@
 """Planning the push of a trained model folder: which files go, which card goes with them, and a smoke test.
 
 The folder's own README.md is the card unless `--replace-card`; without one (or with `--replace-card`) the card
-is rendered from `ettin_training.json` by `model_card.render_model_card`, with `model_id` set to the repo id so
+is rendered from `ettin_training.json` (`TrainingRecord.render_card`), with `model_id` set to the repo id so
 the usage snippet names the published model. The model is loaded as a `CrossEncoder` and scores a smoke pair
 before anything is sent, so a broken folder fails in seconds with nothing uploaded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
-from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
-from ettin_cli.publish.model_card import render_model_card
 from ettin_cli.publish.plan import CARD_NAME, PlannedFile, UploadPlan, card_metadata, validate_repo_id
+from ettin_cli.publish.training_record import TRAINING_RECORD, TrainingRecord
 
-TRAINING_RECORD = "ettin_training.json"
 TRAINING_ARGS = "training_args.bin"
 SMOKE_PAIR = ("what does a reranker do?", "A reranker scores each query and document pair for relevance.")
 
@@ -63,31 +59,9 @@ def check_model(model_dir: Path) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def read_training_record(model_dir: Path) -> dict[str, Any] | None:
-    """`MODEL_DIR/ettin_training.json` (written by `ettin train`), or None when the folder has none."""
-    path = model_dir / TRAINING_RECORD
-    if not path.is_file():
-        return None
+def _render_card(record: TrainingRecord, repo_id: str | None, folder: Path) -> str:
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(info, dict):
-        raise EttinError(f"{path}: expected a JSON object")
-    return info
-
-
-def _same_lines(a: bytes, b: bytes | None) -> bool:
-    return b is not None and sorted(a.decode("utf-8", "replace").splitlines()) == sorted(
-        b.decode("utf-8", "replace").splitlines())
-
-
-def _render_card(info: dict[str, Any], repo_id: str | None, folder: Path) -> bytes:
-    record = dict(info)
-    if repo_id is not None:
-        record["model_id"] = repo_id
-    try:
-        return render_model_card(record).encode("utf-8")
+        return record.render_card(repo_id)
     except EttinError as exc:
         raise EttinError(f"{folder / TRAINING_RECORD}: {exc}") from None
 
@@ -103,28 +77,24 @@ def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool =
     files = local_files(folder)
     if not files:
         raise EttinError(f"{folder}: the folder is empty")
-    info = read_training_record(folder)
+    record = TrainingRecord.read(folder)
 
     existing = folder / CARD_NAME
     own_card = existing.read_bytes() if existing.is_file() else None
-    generated_here = None
-    if own_card is not None and info is not None and not replace_card:
-        # `ettin train` writes the card before the repo id is known (its usage snippet names a local path);
-        # an untouched copy of it is refreshed with the repo id, an edited one is the user's and is kept.
-        # Lines are compared as a multiset: the record is stored key-sorted, so tables may come out reordered.
-        with contextlib.suppress(EttinError):  # a record the renderer refuses cannot have made this card
-            generated_here = _render_card(info, None, folder)
-    if own_card is not None and not replace_card and not _same_lines(own_card, generated_here):
+    # `ettin train` writes the card before the repo id is known (its usage snippet names a local path) and keeps
+    # its hash in the record: an untouched copy is refreshed with the repo id, an edited one is the user's.
+    untouched = own_card is not None and record is not None and record.wrote_card(own_card)
+    if own_card is not None and not replace_card and not untouched:
         try:
             card = own_card.decode("utf-8")
         except UnicodeDecodeError:
             raise EttinError(f"{existing}: not valid UTF-8 text") from None
         note = "the folder's own card, kept (use --replace-card to regenerate it)"
     else:
-        if info is None:
+        if record is None:
             raise EttinError(f"{folder / TRAINING_RECORD}: not found; it is needed to write the model card "
                              "(push the output of `ettin train`, or put a README.md in the folder)")
-        card = _render_card(info, repo_id, folder).decode("utf-8")
+        card = _render_card(record, repo_id, folder)
         if own_card is None:
             note = "generated from ettin_training.json"
         elif replace_card:
@@ -147,7 +117,7 @@ def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool =
                for p in files if p != existing and p not in skipped]
     planned.append(PlannedFile.card(card, note=note))
     planned.sort(key=lambda f: f.path_in_repo)
-    size = (info or {}).get("size")
+    size = record.size if record is not None else None
     message = commit_message or (f"Upload Ettin reranker {size} with ettin-cli {__version__}" if size
                                  else f"Upload reranker with ettin-cli {__version__}")
     facts = {"model_dir": str(folder), "parameters": parameters, "size": size}
