@@ -129,6 +129,13 @@ def _max_rel_diff(got, ref) -> tuple[float, float]:
     return float(np.abs(got - ref).max()), max(1e-6, float(np.abs(ref).max()))
 
 
+def _compare(got: Any, reference: Any, precision: Precision, what: str) -> tuple[float, float, list[str]]:
+    """(max |got - reference|, the tolerance, [the problem] when it is exceeded, else [])."""
+    diff, scale = _max_rel_diff(got, reference)
+    tol = TOLERANCE[precision.dtype] * scale
+    return diff, tol, [f"{what} by {diff:.3g} (tolerance {tol:.3g})"] if diff > tol else []
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Teacher
 # ---------------------------------------------------------------------------------------------------------
@@ -178,11 +185,7 @@ def check_teacher(path: Path, pairs: Sequence[tuple[str, str]], device: str, lab
     reference = naive_teacher_scores(path, sequences, device)
     sync(device)
     naive_s = time.perf_counter() - start
-    diff, scale = _max_rel_diff(fast, reference)
-    tol = TOLERANCE[precision.dtype] * scale
-    problems = []
-    if diff > tol:
-        problems.append(f"fast path differs from the naive forward by {diff:.3g} (tolerance {tol:.3g})")
+    diff, tol, problems = _compare(fast, reference, precision, "fast path differs from the naive forward")
     if precision.unpadded and padding:
         problems.append(f"packed (FA2) path processed {padding} padding positions, expected 0")
     name = f"teacher fast path = naive forward ({label})"
@@ -255,11 +258,7 @@ def check_student(student: StudentFactory, pairs: Sequence[tuple[str, str]], dev
             counter.close()
         sync(device)
         seconds = time.perf_counter() - start
-    diff, scale = _max_rel_diff(got, reference)
-    tol = TOLERANCE[precision.dtype] * scale
-    problems = []
-    if diff > tol:
-        problems.append(f"batched scores differ from each pair alone by {diff:.3g} (tolerance {tol:.3g})")
+    diff, tol, problems = _compare(got, reference, precision, "batched scores differ from each pair alone")
     if precision.unpadded and not unpadded:
         problems.append(f"FA2 was asked for but the student runs padded "
                         f"(attention {model[0].config._attn_implementation})")

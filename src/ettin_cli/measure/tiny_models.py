@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -26,7 +27,6 @@ def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 100
     as single tokens (byte-level alphabet), as in the real Qwen2 vocabulary; the lm_head is untied, as in
     mxbai-rerank-large-v2, so the teacher's folded head vector is really two rows of it.
     """
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -46,17 +46,11 @@ def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 100
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=tokenizer.pad_token_id)
     config.architectures = ["Qwen2ForCausalLM"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_random(Qwen2ForCausalLM, config, tokenizer, out, seed)
 
 
 def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
     """A random ModernBERT backbone (AutoModel layout) with a WordPiece tokenizer ([CLS] a [SEP] b [SEP])."""
-    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
 
@@ -75,9 +69,16 @@ def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 10
                               num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512,
                               global_attn_every_n_layers=3, local_attention=64, pad_token_id=tokenizer.pad_token_id,
                               cls_token_id=cls_id, sep_token_id=sep_id, bos_token_id=cls_id, eos_token_id=sep_id)
+    return _save_random(ModernBertModel, config, tokenizer, out, seed)
+
+
+def _save_random(model_class: Any, config: Any, tokenizer: Any, out: Path, seed: int) -> Path:
+    """A model of `model_class` initialised from `seed` (without moving the global RNG), saved with its tokenizer."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ModernBertModel(config)
+        model = model_class(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
