@@ -1,4 +1,5 @@
-"""No import cycle anywhere in `src/ettin_cli`: the import graph must show the layering CONTRIBUTING describes.
+"""No import cycle anywhere in `src/ettin_cli`, and imports that point down the layering CONTRIBUTING describes
+(`core < io < label < measure < data < publish < train < commands`).
 
 The graph is built from the source with `ast` (nothing is imported), from every `import` statement: at module top
 and inside functions alike, since a lazy import still makes the two modules depend on each other and a cycle
@@ -13,6 +14,7 @@ from pathlib import Path
 import ettin_cli
 
 PACKAGE = "ettin_cli"
+LAYERS = ["core", "io", "label", "measure", "data", "publish", "train", "commands"]
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -105,3 +107,14 @@ def test_the_graph_sees_lazy_and_from_imports(tmp_path):
 def test_no_import_cycle_in_src():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_point_down_the_layers():
+    """A module imports only from its own package or those to its left (top-level `cli`, `__main__` are above all)."""
+    def layer(module: str) -> int | None:
+        parts = module.split(".")
+        return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+    upward = [f"{name} -> {dep}" for name, deps in sorted(import_graph().items()) for dep in sorted(deps)
+              if layer(name) is not None and layer(dep) is not None and layer(dep) > layer(name)]
+    assert upward == [], "imports against the layering: " + "; ".join(upward)
