@@ -1,4 +1,4 @@
-"""Template tokens per pair of every built-in judge format (the README's "What it costs per pair" table).
+"""Template tokens per pair of every built-in judge format (the "What it costs per pair" table of docs/teachers.md).
 
     python benchmarks/count_template_tokens.py Qwen/Qwen3-Reranker-4B      # a model's own tokenizer (Hub or folder)
     python benchmarks/count_template_tokens.py --tiktoken qwen.tiktoken    # offline: the Qwen BPE ranks file

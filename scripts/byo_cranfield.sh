@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# README "Bring your own corpus", run as written: the real Cranfield collection (BEIR layout), offline, on CPU,
+# docs/data.md "Bring your own corpus", run as written: the real Cranfield collection (BEIR layout), offline, on CPU,
 # with the test queries kept out of everything until the final `ettin eval`.
 #
-# The block between the BEGIN/END markers is the README's block, byte for byte (tests/test_byo.py checks it);
+# The block between the BEGIN/END markers is docs/data.md's block, byte for byte (tests/test_byo.py checks it);
 # the lines above it only make `ettin` and `python` mean this checkout and its environment.
 # Knobs (environment): CRANFIELD (../shared/data/cranfield), OUT (runs/byo), VENV (.venv), PY ($VENV/bin/python).
 set -euo pipefail
@@ -11,7 +11,7 @@ ROOT=$PWD
 VENV=${VENV:-.venv}
 PY=${PY:-$VENV/bin/python}
 python() { "$PY" "$@"; }
-ettin() {  # this checkout's CLI; each call's wall time is printed (the README's timings come from these lines)
+ettin() {  # this checkout's CLI; each call's wall time is printed (docs/data.md's timings come from these lines)
   local t0=$SECONDS
   PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m ettin_cli "$@"
   echo "[byo] ettin $1 (${*: -1}): $(( SECONDS - t0 ))s wall" >&2

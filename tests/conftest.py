@@ -153,7 +153,7 @@ def build_qwen2_teacher(out: Path, texts: list[str], *, vocab_size: int = 2000, 
                         intermediate_size: int = 128, seed: int = 0) -> Path:
     """A random Qwen2ForCausalLM with a byte-level BPE tokenizer in the mxbai-rerank-v2 layout (`ettin doctor`'s
     builder, with the test suite's vocabulary and Qwen2's 32k positions)."""
-    from ettin_cli.train.doctor import build_tiny_teacher
+    from ettin_cli.measure.tiny_models import build_tiny_teacher
 
     return build_tiny_teacher(out, texts, vocab_size=vocab_size, seed=seed, hidden_size=hidden_size,
                               intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,

@@ -12,15 +12,8 @@ from conftest import run_cli
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.measure import bench
-from ettin_cli.measure.bench import (
-    ABLATION,
-    Setting,
-    bench_pairs,
-    find_batch_size,
-    measure,
-    plan_settings,
-    set_unpadded,
-)
+from ettin_cli.measure.bench import bench_pairs, find_batch_size, measure, set_unpadded
+from ettin_cli.measure.settings import ABLATION, Setting, plan_settings
 
 # ------------------------------------------------------------------------------------------ settings plan
 

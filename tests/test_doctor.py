@@ -47,7 +47,7 @@ def test_the_cpu_run_passes_and_writes_the_json_report(tmp_path, capsys):
 
 
 def test_a_wrong_teacher_head_vector_fails_the_doctor(monkeypatch, tmp_path, capsys):
-    from ettin_cli.train import doctor
+    from ettin_cli.measure import doctor
 
     real_load = doctor.load_teacher
 
@@ -69,7 +69,7 @@ def test_a_wrong_teacher_head_vector_fails_the_doctor(monkeypatch, tmp_path, cap
 
 
 def test_a_padded_student_reported_as_unpadded_fails_the_doctor(monkeypatch, capsys):
-    from ettin_cli.train import doctor
+    from ettin_cli.measure import doctor
 
     monkeypatch.setattr(doctor, "student_unpadded", lambda model: True)
     code, _, stderr = run_cli(["doctor", *FP32], capsys)
@@ -81,7 +81,7 @@ def test_a_padded_student_reported_as_unpadded_fails_the_doctor(monkeypatch, cap
 
 def test_a_student_that_pads_into_its_scores_fails_the_doctor(monkeypatch, capsys):
     """Batching must not change a score: here padding positions leak into CLS (attention mask dropped)."""
-    from ettin_cli.train import doctor
+    from ettin_cli.measure import doctor
 
     real_scores = doctor._student_scores
 
@@ -108,7 +108,7 @@ def test_doctor_refuses_bad_options(tmp_path, capsys):
 
 
 def test_all_reduce_runs_under_a_torchrun_environment(monkeypatch):
-    from ettin_cli.train.doctor import check_all_reduce
+    from ettin_cli.measure.doctor import check_all_reduce
 
     assert check_all_reduce("cpu").status == "skip"
     with socket.socket() as sock:
@@ -129,17 +129,18 @@ def test_all_reduce_runs_under_a_torchrun_environment(monkeypatch):
     ("cuda:0", (7, 5), True, ["fp32+sdpa"]),
 ])
 def test_the_settings_follow_the_hardware(device, capability, fa2, runs):
-    from ettin_cli.train.doctor import plan_settings
+    from ettin_cli.measure.doctor import SETTINGS
+    from ettin_cli.measure.settings import plan_settings
 
-    plan = plan_settings(device, capability=capability, fa2_available=fa2)
-    assert [label for label, precision, _ in plan if precision is not None] == runs
-    for label, precision, reason in plan:
-        assert (precision is None) == bool(reason), label
+    plan = plan_settings(device, settings=SETTINGS, capability=capability, fa2_available=fa2)
+    assert [s.name for s in SETTINGS] == ["fp32+sdpa", "bf16+sdpa", "bf16+fa2"]
+    assert [setting.name for setting, reason in plan if reason is None] == runs
+    assert [setting for setting, _ in plan] == list(SETTINGS)
 
 
 def test_a_wrong_gradient_fails_the_training_step(monkeypatch, capsys):
     """Scores keep their values but their gradient is reversed (a broken backward): the step must go uphill."""
-    from ettin_cli.train import doctor
+    from ettin_cli.measure import doctor
 
     real_scores = doctor._student_scores
 
@@ -158,7 +159,7 @@ def test_a_wrong_gradient_fails_the_training_step(monkeypatch, capsys):
 def test_offline_blocks_downloads_and_restores_the_setting(monkeypatch):
     from huggingface_hub import constants
 
-    from ettin_cli.train.doctor import offline
+    from ettin_cli.measure.doctor import offline
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -358,14 +358,14 @@ def test_card_title_comes_from_the_recipe_size():
 
 
 def test_push_leaves_training_args_home_unless_asked(tmp_path):
-    from ettin_cli.publish import hub
+    from ettin_cli.publish import model_push
 
     folder = tmp_path / "final"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"w")
     (folder / "training_args.bin").write_bytes(b"pickle")
     (folder / "ettin_training.json").write_text(json.dumps(_record(size="17m")))
-    plan = hub.plan_model_push(folder, "org/ettin-17m", check=False)
+    plan = model_push.plan_model_push(folder, "org/ettin-17m", check=False)
     assert "training_args.bin" not in {f.path_in_repo for f in plan.files}
-    plan = hub.plan_model_push(folder, "org/ettin-17m", check=False, include_training_args=True)
+    plan = model_push.plan_model_push(folder, "org/ettin-17m", check=False, include_training_args=True)
     assert "training_args.bin" in {f.path_in_repo for f in plan.files}

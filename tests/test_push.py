@@ -22,7 +22,9 @@ import pytest
 from hub_server import StandInHub
 
 from ettin_cli.core.errors import EttinError
-from ettin_cli.publish import hub
+from ettin_cli.publish import hub, score_folder
+from ettin_cli.publish import model_push as models
+from ettin_cli.publish import plan as plans
 
 ORG = "ettin-org"
 USER = "alice"
@@ -103,15 +105,12 @@ def trained_model(tiny_student_path, tiny_modernbert_path, tmp_path_factory) -> 
     """A student folder laid out like `ettin train`'s OUT/final: model files, ettin_training.json, README.md."""
     import shutil
 
-    from ettin_cli.core.files import write_json_atomic
-    from ettin_cli.publish.model_card import render_model_card
+    from ettin_cli.publish.training_record import TrainingRecord
 
     out = tmp_path_factory.mktemp("run") / "final"
     shutil.copytree(tiny_student_path, out)
-    info = training_record(str(tiny_modernbert_path))
-    # As `ettin train` does: the record is stored key-sorted, the card rendered from the record in memory.
-    write_json_atomic(out / hub.TRAINING_RECORD, info)
-    (out / "README.md").write_text(render_model_card(info))
+    # As `ettin train` does: the card rendered from the record, the record stored with the card's hash.
+    TrainingRecord.from_dict(training_record(str(tiny_modernbert_path))).write_with_card(out)
     # Things a push must leave out: hidden folders and a temp file left by a killed writer.
     (out / ".cache").mkdir()
     (out / ".cache" / "junk.lock").write_text("x")
@@ -206,7 +205,7 @@ def test_model_dry_run_lists_exactly_what_the_push_then_commits(trained_model, s
     assert set(sizes) == set(local)
     assert all(sizes[p] == len(content) for p, content in local.items() if p != "README.md")
     assert n_files == len(local) and total == sum(sizes.values())
-    info = json.loads((folder / hub.TRAINING_RECORD).read_text())
+    info = json.loads((folder / models.TRAINING_RECORD).read_text())
     assert card == render_model_card({**info, "model_id": repo})
 
     refused = run_push(args, stand_in, tmp_path, token=None)  # no HF_TOKEN, no stored login, no --token
@@ -250,24 +249,24 @@ def test_which_card_a_model_push_sends(trained_model, tmp_path):
     from ettin_cli.publish.model_card import render_model_card
 
     repo = f"{ORG}/m"
-    info = json.loads((trained_model / hub.TRAINING_RECORD).read_text())
+    info = json.loads((trained_model / models.TRAINING_RECORD).read_text())
     generated = render_model_card({**info, "model_id": repo})
     # The untouched card `ettin train` wrote (it names a local path) is refreshed with the repo id.
-    plan = hub.plan_model_push(trained_model, repo, check=False)
+    plan = models.plan_model_push(trained_model, repo, check=False)
     assert plan.card == generated and "repo id filled in" in plan.card_note
     # An edited card is the user's: kept byte for byte, unless --replace-card.
     edited = copy_model(trained_model, tmp_path / "edited", "# Mine\n")
-    assert hub.plan_model_push(edited, repo, check=False).card == "# Mine\n"
-    assert hub.plan_model_push(edited, repo, replace_card=True, check=False).card == generated
+    assert models.plan_model_push(edited, repo, check=False).card == "# Mine\n"
+    assert models.plan_model_push(edited, repo, replace_card=True, check=False).card == generated
     # A record the renderer refuses (no base_model) does not block pushing a folder's own card...
-    (edited / hub.TRAINING_RECORD).write_text(json.dumps({"size": "17m"}))
-    assert hub.plan_model_push(edited, repo, check=False).card == "# Mine\n"
+    (edited / models.TRAINING_RECORD).write_text(json.dumps({"size": "17m"}))
+    assert models.plan_model_push(edited, repo, check=False).card == "# Mine\n"
     # ...but cannot make a new one.
     with pytest.raises(EttinError, match="ettin_training.json: model card: the training record has no"):
-        hub.plan_model_push(edited, repo, replace_card=True, check=False)
+        models.plan_model_push(edited, repo, replace_card=True, check=False)
     # No card at all: generated.
     bare = copy_model(trained_model, tmp_path / "bare", None)
-    plan = hub.plan_model_push(bare, repo, check=False)
+    plan = models.plan_model_push(bare, repo, check=False)
     assert plan.card == generated and plan.card_note == "generated from ettin_training.json"
     readme = [f for f in plan.files if f.path_in_repo == "README.md"]
     assert len(readme) == 1 and readme[0].content == generated.encode()
@@ -302,22 +301,22 @@ def test_a_model_that_does_not_load_is_refused(trained_model, tmp_path, monkeypa
 
 def test_model_plan_needs_a_training_record_for_its_card(trained_model, tmp_path):
     folder = copy_model(trained_model, tmp_path / "final", None)
-    (folder / hub.TRAINING_RECORD).unlink()
+    (folder / models.TRAINING_RECORD).unlink()
     with pytest.raises(EttinError, match="ettin_training.json: not found"):
-        hub.plan_model_push(folder, f"{ORG}/x", check=False)
-    (folder / hub.TRAINING_RECORD).write_text("{not json")
+        models.plan_model_push(folder, f"{ORG}/x", check=False)
+    (folder / models.TRAINING_RECORD).write_text("{not json")
     with pytest.raises(EttinError, match="not valid JSON"):
-        hub.plan_model_push(folder, f"{ORG}/x", check=False)
-    (folder / hub.TRAINING_RECORD).unlink()
+        models.plan_model_push(folder, f"{ORG}/x", check=False)
+    (folder / models.TRAINING_RECORD).unlink()
     (folder / "README.md").write_text("---\nlicense: [unclosed\n---\n# card\n")
     with pytest.raises(EttinError, match="invalid YAML front matter"):
-        hub.plan_model_push(folder, f"{ORG}/x", check=False)
+        models.plan_model_push(folder, f"{ORG}/x", check=False)
 
 
 def test_check_model_scores_one_finite_value(trained_model, tmp_path):
-    assert hub.check_model(trained_model) > 0
+    assert models.check_model(trained_model) > 0
     with pytest.raises(EttinError, match="does not load"):
-        hub.check_model(tmp_path)  # an empty folder
+        models.check_model(tmp_path)  # an empty folder
 
 
 # ------------------------------------------------------------------------------------------- dataset pushes
@@ -451,14 +450,14 @@ def test_validation_failures_upload_nothing(case, score_dirs, tampered, stand_in
 
 @pytest.mark.parametrize("repo_id", ["org/name", "Org-1/ettin.reranker_17m-v1"])
 def test_valid_repo_ids(repo_id):
-    assert hub.validate_repo_id(repo_id) == repo_id
+    assert plans.validate_repo_id(repo_id) == repo_id
 
 
 @pytest.mark.parametrize("repo_id", ["name", "a/b/c", "org/na me", "org/--x", "org/a..b", "org/x.git", "/x", "org/",
                                      "org/" + "n" * 97, ""])
 def test_invalid_repo_ids(repo_id):
     with pytest.raises(EttinError, match="not a valid Hub repo id"):
-        hub.validate_repo_id(repo_id)
+        plans.validate_repo_id(repo_id)
 
 
 def test_score_dir_checks(score_dirs, tmp_path):
@@ -469,7 +468,7 @@ def test_score_dir_checks(score_dirs, tmp_path):
     from ettin_cli.io import shards
 
     manifest = json.loads((score_dirs[0] / ".ettin" / "manifest.json").read_text())
-    checked = hub.verify_score_dir(score_dirs[0])
+    checked = score_folder.verify_score_dir(score_dirs[0])
     assert checked.config == score_dirs[0].name and len(checked.shards) == 3
     assert checked.teacher == manifest["teacher"] and checked.rows == manifest["totals"]["rows"]
 
@@ -477,16 +476,16 @@ def test_score_dir_checks(score_dirs, tmp_path):
     shutil.copytree(score_dirs[0], missing)
     (missing / "part-00002.parquet").unlink()
     with pytest.raises(EttinError, match="part-00002.parquet: listed in .* but missing"):
-        hub.verify_score_dir(missing)
+        score_folder.verify_score_dir(missing)
     with pytest.raises(EttinError, match="not a usable config name"):
-        hub.verify_score_dir(f"bad name={score_dirs[0]}")
+        score_folder.verify_score_dir(f"bad name={score_dirs[0]}")
 
     unscored = tmp_path / "unscored"
     shards.prepare_output(unscored, {"teacher": TEACHER})
     shards.write_shard(unscored, 0, pa.table({"query": ["q"], "document": ["d"]}))
     shards.finalize_manifest(unscored, 1)
     with pytest.raises(EttinError, match="no 'score' column"):
-        hub.verify_score_dir(unscored)
+        score_folder.verify_score_dir(unscored)
 
 
 # ------------------------------------------------------------------------------------------- Hub errors
@@ -555,7 +554,7 @@ class _HTTPFailure(Exception):
 
 
 def test_retry_policy_and_token_scrubbing():
-    plan = hub.UploadPlan(f"{ORG}/x", "model", [], "", "", "m")
+    plan = plans.UploadPlan(f"{ORG}/x", "model", [], "", "", "m")
     pusher = hub._Pusher(plan, TOKEN, "http://hub", retries=3, backoff=0.0)
     calls = []
 

@@ -88,6 +88,14 @@ for _command in app.registered_commands:
     if not _command.short_help and _command.help:
         _command.short_help = _one_line(_command.help)
 
+# Each command's page of the documentation, named on the last line of its `--help` (paths from the repository root).
+DOC_PAGES = {"env": "README.md#set-up-two-commands-on-a-fresh-machine", "doctor": "docs/doctor.md",
+             "mine": "docs/data.md", "score": "docs/score.md", "select": "docs/data.md", "mix": "docs/data.md",
+             "train": "docs/train.md", "eval": "docs/eval.md", "bench": "docs/bench.md", "push": "docs/push.md"}
+for _command in app.registered_commands:
+    if _command.name in DOC_PAGES and not _command.epilog:
+        _command.epilog = f"Docs: {DOC_PAGES[_command.name]}"
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""

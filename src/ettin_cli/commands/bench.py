@@ -73,10 +73,10 @@ def bench_command(
         bench_table,
         default_memory_limit,
         lengths_table,
-        plan_settings,
         run_bench,
         write_bench,
     )
+    from ettin_cli.measure.settings import plan_settings
 
     if batch_size is not None and batch_size < 1:
         raise EttinError(f"--batch-size must be at least 1, got {batch_size}")

@@ -37,11 +37,12 @@ def doctor_command(
     from ettin_cli.core.distributed import current_rank
     from ettin_cli.core.errors import EttinError
     from ettin_cli.core.files import write_json_atomic
-    from ettin_cli.train.doctor import failures, print_table, report, run_doctor
+    from ettin_cli.measure.doctor import failures, print_table, report, run_doctor
+    from ettin_cli.train.student import build_student
 
     if json_path is not None and json_path.is_dir():
         raise EttinError(f"--json {json_path}: is a folder; give a file path")
-    checks = run_doctor(device, num_pairs=pairs, only=only)
+    checks = run_doctor(build_student, device, num_pairs=pairs, only=only)
     # Under torchrun every rank runs the checks (each on its own GPU); rank 0 prints and writes the report.
     if current_rank().is_main:
         print_table(checks)

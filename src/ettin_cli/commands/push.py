@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.publish import hub
+from ettin_cli.publish.dataset_layout import plan_dataset_push
+from ettin_cli.publish.model_push import plan_model_push
+from ettin_cli.publish.plan import REPO_TYPES, human_size, validate_repo_id, validate_revision
 
 HELP = (
     "Publish a trained model folder, or `ettin score` outputs as a dataset, to the Hugging Face Hub.\n\n"
@@ -58,13 +63,10 @@ def push(
     retries: int = typer.Option(5, "--retries", min=0, max=20,
                                 help="Retries per network step on transient Hub errors (exponential backoff)."),
 ) -> None:
-    from ettin_cli.core.console import logger
-    from ettin_cli.publish import hub
-
-    repo_id = hub.validate_repo_id(repo_id)
-    if repo_type not in hub.REPO_TYPES:
-        raise EttinError(f"--repo-type must be one of {', '.join(hub.REPO_TYPES)}, got '{repo_type}'")
-    revision = hub.validate_revision(revision)
+    repo_id = validate_repo_id(repo_id)
+    if repo_type not in REPO_TYPES:
+        raise EttinError(f"--repo-type must be one of {', '.join(REPO_TYPES)}, got '{repo_type}'")
+    revision = validate_revision(revision)
     if commit_message is not None and not commit_message.strip():
         raise EttinError("--commit-message is empty")
     if repo_type == "model":
@@ -89,17 +91,17 @@ def push(
         hub.check_online()
 
     if repo_type == "model":
-        plan = hub.plan_model_push(paths[0], repo_id, replace_card=replace_card, commit_message=commit_message,
-                                   include_training_args=include_training_args)
+        plan = plan_model_push(paths[0], repo_id, replace_card=replace_card, commit_message=commit_message,
+                               include_training_args=include_training_args)
     else:
-        plan = hub.plan_dataset_push(paths, repo_id, license=license, commit_message=commit_message)
+        plan = plan_dataset_push(paths, repo_id, license=license, commit_message=commit_message)
 
     if dry_run:
         typer.echo(plan.describe(revision=revision, private=private), nl=False)
         return
     result = hub.push(plan, token=resolved_token, private=private, revision=revision, retries=retries)
     if result.changed:
-        typer.echo(f"pushed {result.files} files ({hub.human_size(result.bytes)}) to {result.repo_url} "
+        typer.echo(f"pushed {result.files} files ({human_size(result.bytes)}) to {result.repo_url} "
                    f"(branch {revision}) in one commit")
     else:
         typer.echo(f"{result.repo_url} (branch {revision}) already holds these {result.files} files: "

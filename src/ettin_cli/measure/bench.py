@@ -22,99 +22,16 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.memory import is_oom, release_device_memory
+from ettin_cli.measure.settings import Setting, sync
 
 DEFAULT_DATA = "nanobeir:nq"  # natural-questions pairs, as in the published throughput table
-PADDINGS = ("auto", "padded", "unpadded", "both")
-_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-_SHORT_ATTN = {"sdpa": "SDPA", "eager": "eager", "flash_attention_2": "FA2"}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One precision/attention/padding combination to time."""
-
-    dtype: str
-    attn: str
-    unpadded: bool
-
-    @property
-    def label(self) -> str:
-        text = f"{_SHORT_DTYPE.get(self.dtype, self.dtype)}+{_SHORT_ATTN.get(self.attn, self.attn)}"
-        if self.attn == "flash_attention_2":
-            text += " unpadded" if self.unpadded else " padded"
-        return text
-
-
-# The published precision/attention ablation, in table order.
-ABLATION = (
-    Setting("float32", "sdpa", False),
-    Setting("bfloat16", "sdpa", False),
-    Setting("bfloat16", "flash_attention_2", False),
-    Setting("bfloat16", "flash_attention_2", True),
-)
-
-
-def plan_settings(device: str, dtypes: Sequence[str] = ("auto",), attns: Sequence[str] = ("auto",),
-                  padding: str = "auto", ablation: bool = False, *, capability: tuple[int, int] | None = None,
-                  fa2_available: bool | None = None) -> list[tuple[Setting, str | None]]:
-    """The settings to time on `device`, each with `None` or the reason it is skipped.
-
-    `ablation` gives the four published settings; otherwise every (dtype, attn) pair, with `padding` `auto`
-    (unpadded exactly when Flash Attention 2 runs), `padded`, `unpadded` or `both`. `capability` and
-    `fa2_available` stand in for the GPU facts, so the plan is testable without a GPU.
-    """
-    from ettin_cli.core.hardware import ATTNS, DTYPES, resolve_precision
-
-    if padding not in PADDINGS:
-        raise EttinError(f"--padding must be one of {', '.join(PADDINGS)}, got '{padding}'")
-    # A typo is an error; only what the hardware cannot run becomes a skipped row.
-    for dtype in dtypes:
-        if dtype not in DTYPES:
-            raise EttinError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
-    for attn in attns:
-        if attn not in ATTNS:
-            raise EttinError(f"--attn must be one of {', '.join(ATTNS)}, got '{attn}'")
-    wanted: list[tuple[str, str, str]] = []
-    if ablation:
-        wanted = [(s.dtype, s.attn, "unpadded" if s.unpadded else "padded") for s in ABLATION]
-    else:
-        wanted = [(d, a, padding) for d in (dtypes or ["auto"]) for a in (attns or ["auto"])]
-    plan: list[tuple[Setting, str | None]] = []
-    for dtype, attn, pad in wanted:
-        try:
-            precision = resolve_precision(device, dtype, attn, capability=capability, fa2_available=fa2_available)
-        except EttinError as exc:
-            shown_dtype = dtype if dtype != "auto" else "float32"
-            shown_attn = attn if attn != "auto" else "sdpa"
-            options = [pad == "unpadded"] if pad != "both" else [False, True]
-            for unpadded in options:
-                plan.append((Setting(shown_dtype, shown_attn, unpadded), str(exc)))
-            continue
-        fa2 = precision.attn == "flash_attention_2"
-        options = {"auto": [fa2], "padded": [False], "unpadded": [True], "both": [False, True]}[pad]
-        for unpadded in options:
-            setting = Setting(precision.dtype, precision.attn, unpadded)
-            reason = None
-            if unpadded and not fa2:
-                if pad == "both":
-                    continue  # `both` only adds the unpadded variant where it exists
-                reason = "unpadded inputs need --attn flash_attention_2 (SDPA and eager run padded batches)"
-            plan.append((setting, reason))
-    # Same setting asked twice (e.g. auto and its explicit value): keep the first.
-    seen: set[Setting] = set()
-    unique = []
-    for setting, reason in plan:
-        if setting not in seen:
-            seen.add(setting)
-            unique.append((setting, reason))
-    return unique
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -304,13 +221,6 @@ def default_memory_limit() -> int | None:
         return None
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
 def _release(device: str) -> None:
     release_device_memory()
 
@@ -339,10 +249,10 @@ def set_unpadded(scorer: Any, unpadded: bool) -> bool:
 def _timed_score(scorer: Any, pairs: Sequence[tuple[str, str]], batch_size: int, device: str) -> float:
     queries = [q for q, _ in pairs]
     documents = [d for _, d in pairs]
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     scorer.score(queries, documents, batch_size=batch_size)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 

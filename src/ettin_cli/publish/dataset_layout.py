@@ -14,7 +14,7 @@ held-out rows in a `validation/` folder, so a push rewrites both:
 - the card's YAML lists each config's splits, so `load_dataset(repo, "quora", split="validation")` and
   `load_dataset(repo, "agnews")` work; each source's `ettin score` manifest goes to `provenance/`.
 
-Checked before anything is staged: every shard against its manifest (`hub.verify_score_dir`), a numeric
+Checked before anything is staged: every shard against its manifest (`score_folder.verify_score_dir`), a numeric
 `score` with no null/NaN/inf (one line naming the config and its first bad rows), and that a validation split's
 config is pushed too (a config holding only a validation split would not load like the release).
 """
@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import atomic_path, write_json_atomic
+from ettin_cli.core.recipes import read_yaml, recipes_dir
 from ettin_cli.io import shards
+from ettin_cli.publish.plan import PlannedFile, UploadPlan, card_metadata, validate_repo_id
+from ettin_cli.publish.score_folder import SPLITS, ScoreDir, ScoreSpec, parse_spec, verify_score_dir
 
-SPLITS = ("train", "validation")
 COLUMNS = ("query", "document", "label")
 STAGING = ".ettin/release"  # beside the other sidecars, out of the way of parquet readers
 VALIDATION = "validation"
@@ -43,7 +45,7 @@ class SplitData:
 
     config: str
     split: str
-    checked: Any  # hub.ScoreDir
+    checked: ScoreDir
     staged: list[Path] | None = None
 
     @property
@@ -57,8 +59,6 @@ class SplitData:
 
 def validation_config(recipe_file: str | Path | None = None) -> str:
     """The config the held-out rows belong to: `mix.validation.source` of the data recipe (quora)."""
-    from ettin_cli.core.recipes import read_yaml, recipes_dir
-
     path = Path(recipe_file) if recipe_file is not None else recipes_dir() / "data.yaml"
     source = ((read_yaml(path).get("mix") or {}).get("validation") or {}).get("source")
     if not source:
@@ -66,25 +66,16 @@ def validation_config(recipe_file: str | Path | None = None) -> str:
     return str(source)
 
 
-def parse_spec(spec: str | Path, held_out_config: str | None) -> tuple[str, str, Path]:
-    """`DIR`, `NAME=DIR` or `NAME:SPLIT=DIR` -> (config, split, folder); the `validation` name joins quora."""
-    text = str(spec)
-    name, split = None, "train"
-    if "=" in text and not Path(text).exists():
-        name, _, path = text.partition("=")
-        name, folder = name.strip(), Path(path)
-        if ":" in name:
-            name, _, split = name.partition(":")
-    else:
-        folder = Path(text)
-        name = folder.resolve().name
-    if split not in SPLITS:
-        raise EttinError(f"{spec}: split '{split}' is not one of {', '.join(SPLITS)}")
-    if name == VALIDATION and split == "train":
-        if held_out_config is None:
-            raise EttinError(f"{spec}: give the config the held-out rows belong to, e.g. quora:validation=DIR")
-        name, split = held_out_config, VALIDATION
-    return name, split, folder
+def is_held_out(spec: ScoreSpec) -> bool:
+    """A bare `validation=DIR` (the mix's reserved folder name): the held-out rows, whose config the recipe names."""
+    return spec.config == VALIDATION and spec.split == "train"
+
+
+def join_held_out(spec: ScoreSpec, held_out_config: str) -> ScoreSpec:
+    """`validation=DIR` becomes the `validation` split of the recipe's validation source (quora); others stay."""
+    if not is_held_out(spec):
+        return spec
+    return ScoreSpec(held_out_config, VALIDATION, spec.folder, spec.text)
 
 
 def check_labels(data: SplitData) -> None:
@@ -115,8 +106,6 @@ def stage(data: SplitData) -> list[Path]:
     """The release-layout files of one split, written (atomically) to `DIR/.ettin/release/` unless already there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ettin_cli.core.files import atomic_path, write_json_atomic
 
     out = data.folder / STAGING
     n = len(data.checked.shards)
@@ -202,47 +191,42 @@ def render_card(repo_id: str, splits: list[SplitData], license: str) -> str:
 
 
 def plan_dataset_push(data_dirs: list[str | Path], repo_id: str, *, license: str, commit_message: str | None,
-                      recipe_file: str | Path | None = None) -> Any:
-    """Verify every folder and its labels, stage the release layout, and list the upload (`hub.UploadPlan`)."""
-    from ettin_cli.publish import hub
-
-    repo_id = hub.validate_repo_id(repo_id)
+                      recipe_file: str | Path | None = None) -> UploadPlan:
+    """Verify every folder and its labels, stage the release layout, and list the upload."""
+    repo_id = validate_repo_id(repo_id)
     if not data_dirs:
         raise EttinError("give at least one `ettin score` output directory")
-    # Only a bare `validation=DIR` needs the recipe (to know its config); parse once with a placeholder to see.
-    needs_recipe = any(parse_spec(d, "\0")[0] == "\0" for d in data_dirs)
-    held_out = validation_config(recipe_file) if needs_recipe else None
-    parsed = [parse_spec(d, held_out) for d in data_dirs]
+    specs = [parse_spec(d) for d in data_dirs]
+    if any(is_held_out(s) for s in specs):  # only a bare `validation=DIR` needs the recipe, to know its config
+        held_out = validation_config(recipe_file)
+        specs = [join_held_out(s, held_out) for s in specs]
     seen: dict[tuple[str, str], Path] = {}
-    for config, split, folder in parsed:
-        if (config, split) in seen:
-            what = f"config name '{config}'" + (f" (split {split})" if split != "train" else "")
-            raise EttinError(f"{folder}: {what} is already used by {seen[(config, split)]} "
+    for s in specs:
+        if (s.config, s.split) in seen:
+            what = f"config name '{s.config}'" + (f" (split {s.split})" if s.split != "train" else "")
+            raise EttinError(f"{s.folder}: {what} is already used by {seen[(s.config, s.split)]} "
                              "(name one explicitly with NAME=DIR)")
-        seen[(config, split)] = folder
-    for config, split, folder in parsed:
-        if split != "train" and (config, "train") not in seen:
-            raise EttinError(f"{folder}: the {split} split belongs to config '{config}', which is missing from "
-                             f"this push (add {config}=DIR with its scored train rows)")
-    splits = [SplitData(config, split, hub.verify_score_dir(f"{config}={folder}")) for config, split, folder in parsed]
+        seen[(s.config, s.split)] = s.folder
+    for s in specs:
+        if s.split != "train" and (s.config, "train") not in seen:
+            raise EttinError(f"{s.folder}: the {s.split} split belongs to config '{s.config}', which is missing "
+                             f"from this push (add {s.config}=DIR with its scored train rows)")
+    splits = [SplitData(s.config, s.split, verify_score_dir(s)) for s in specs]
     for data in splits:
         check_labels(data)
-    files: list[Any] = []
+    files: list[PlannedFile] = []
     for data in splits:
         data.staged = stage(data)
-        for path in data.staged:
-            files.append(hub.PlannedFile(f"{data.config}/{path.name}", path.stat().st_size, source=path))
-        manifest = shards.manifest_path(data.folder)
-        files.append(hub.PlannedFile(f"provenance/{data.config}/{data.split}.manifest.json",
-                                     manifest.stat().st_size, source=manifest))
+        files.extend(PlannedFile.local(f"{data.config}/{path.name}", path) for path in data.staged)
+        files.append(PlannedFile.local(f"provenance/{data.config}/{data.split}.manifest.json",
+                                       shards.manifest_path(data.folder)))
     card = render_card(repo_id, splits, license)
-    hub._card_metadata(card, "dataset card")
-    card_bytes = card.encode("utf-8")
-    files.append(hub.PlannedFile(hub.CARD_NAME, len(card_bytes), content=card_bytes, note="dataset card, generated"))
+    card_metadata(card, "dataset card")
+    files.append(PlannedFile.card(card, note="dataset card, generated"))
     total = sum(s.rows for s in splits)
     n_configs = len({s.config for s in splits})
     message = commit_message or (f"Upload {n_configs} scored subset{'s' if n_configs != 1 else ''} "
                                  f"({total:,} rows) with ettin-cli {__version__}")
     facts = {"configs": {f"{s.config}/{s.split}": {"rows": s.rows, "shards": len(s.checked.shards),
                                                   "teacher": s.checked.teacher} for s in splits}, "rows": total}
-    return hub.UploadPlan(repo_id, "dataset", files, card, "generated", message, facts)
+    return UploadPlan(repo_id, "dataset", files, card, "generated", message, facts)

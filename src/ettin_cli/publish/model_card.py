@@ -6,8 +6,8 @@ disagree with it: base model, teacher, training data, size, hyperparameters, bef
 It opens with YAML front matter the Hub reads (license apache-2.0, library, pipeline tag, tags, base model, data
 sets); only real Hub ids go into the front matter, because a local path there would make the Hub reject the card.
 
-`info` is the dict written to `ettin_training.json` (see `ettin_cli.train.outputs`); every key but `base_model` is
-optional, so a partial record still renders. Keys read here:
+`info` is the JSON object of `ettin_training.json` (`TrainingRecord.to_dict()`, built in `ettin_cli.train.outputs`);
+every key but `base_model` is optional, so a partial record still renders. Keys read here:
 
 - `model_id` (the Hub repo id, for the usage snippet; `ettin push` sets it), `size`, `base_model`, `teacher`,
   `teacher_format` (`mxbai-v2` states the logit target and its range),

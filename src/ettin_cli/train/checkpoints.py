@@ -17,10 +17,10 @@ from ettin_cli import __version__
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.publish.training_record import TRAINING_RECORD
 from ettin_cli.train.config import TrainConfig
 
 RUN_FILE = "ettin_run.json"
-TRAINING_RECORD = "ettin_training.json"
 CHECKPOINT_RECORD = "ettin_checkpoint.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 

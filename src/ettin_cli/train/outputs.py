@@ -13,8 +13,9 @@ from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
-from ettin_cli.core.files import write_json_atomic, write_text_atomic
-from ettin_cli.train.checkpoints import CHECKPOINT_RE, TRAINING_RECORD
+from ettin_cli.core.files import write_json_atomic
+from ettin_cli.publish.training_record import FORMAT, TrainingRecord
+from ettin_cli.train.checkpoints import CHECKPOINT_RE
 from ettin_cli.train.config import TrainConfig
 from ettin_cli.train.evaluators import metric_table
 
@@ -25,7 +26,7 @@ CURVES_FILE = "training_curves.png"
 def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[dict[str, Any]],
                  train_metrics: dict[str, Any], final_model: dict[str, Any],
                  after: dict[str, Any], data: dict[str, Any], observed_batch: int,
-                 resumed_from: str | None) -> dict[str, Any]:
+                 resumed_from: str | None) -> TrainingRecord:
     """The training record (`ettin_training.json`): the config, the data read and the results.
 
     `data` holds `train` / `validation` (per-source summaries), `train_rows`, `teacher` and `teacher_format`.
@@ -37,8 +38,8 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
     training = config.training
     prec = config.precision
     max_length = int(getattr(model, "max_length", None) or config.max_length or 0) or None
-    return {
-        "format": "ettin-training/1",
+    return TrainingRecord.from_dict({
+        "format": FORMAT,
         "ettin_cli": __version__,
         "size": config.size,
         "base_model": config.backbone,
@@ -84,24 +85,24 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
         "resumed_from": resumed_from,
         "final_model": final_model,
         "config": config.to_dict(),
-    }
+    })
 
 
 # quality_flags' names -> the training record's (the "retriever" of an eval table is the untrained student here).
 _TRAINING_FLAGS = {"below_retriever": "ndcg_after_below_before", "mse_above_variance": "mse_above_variance"}
 
 
-def check_quality(record: dict[str, Any], targets_variance: float | None) -> list[str]:
+def check_quality(record: TrainingRecord, targets_variance: float | None) -> list[str]:
     """Flag a run that did not earn its place, with a WARNING line each (`evaluation.quality_flags`' rules):
     held-out mean NDCG@10 after training below the untrained student's, or the eval MSE to the teacher above the
     variance of the teacher's held-out scores (worse than predicting their mean). Returns the record's flags."""
     from ettin_cli.measure.agreement import quality_flags, warn_quality
 
-    metrics = record["metrics"]
+    metrics = record.metrics
     before, after = metrics["before"].get("mean"), metrics["after"].get("mean")
     student = {"model": "the trained student", "role": "reranker", "mean": {"ndcg@10": after}}
     mse = metrics.get("after_eval_loss")
-    if mse is not None and targets_variance is not None and record["config"]["loss"]["name"] == "mse":
+    if mse is not None and targets_variance is not None and record.config["loss"]["name"] == "mse":
         student["agreement"] = {"mse": mse, "reference_variance": targets_variance, "reference": "the teacher"}
     entries = [{"model": "before training", "role": "retriever", "mean": {"ndcg@10": before}}, student]
     if before is None or after is None:
@@ -130,7 +131,7 @@ def save_model_atomic(model: Any, path: Path) -> None:
         raise
 
 
-def save_final(trainer: Any, out: Path, record: dict[str, Any], history: list[dict[str, Any]],
+def save_final(trainer: Any, out: Path, record: TrainingRecord, history: list[dict[str, Any]],
                after: dict[str, Any]) -> None:
     """`OUT/final/` (model, record, card) written whole under a temporary name, then metrics and curves."""
     final_tmp = out / ".final.tmp"
@@ -138,7 +139,7 @@ def save_final(trainer: Any, out: Path, record: dict[str, Any], history: list[di
         shutil.rmtree(final_tmp)
     trainer.save_model(str(final_tmp))
     write_outputs(out, final_tmp, record, history, after,
-                  record["config"]["evaluation"]["primary_metric"])
+                  record.config["evaluation"]["primary_metric"])
 
 
 def final_evaluation(trainer: Any, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,12 +199,9 @@ def training_rates(history: list[dict[str, Any]], global_batch: int) -> dict[str
     return {"pairs_per_second": round(pairs / seconds, 3), "tokens_per_second": round(tokens / seconds, 1)}
 
 
-def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: list[dict[str, Any]],
-                   after: dict[str, Any], primary: str) -> None:
-    from ettin_cli.publish.model_card import render_model_card
-
-    write_json_atomic(final_tmp / TRAINING_RECORD, record)
-    write_text_atomic(final_tmp / "README.md", render_model_card(record))
+def write_outputs(out: Path, final_tmp: Path, record: TrainingRecord, history: list[dict[str, Any]],
+                  after: dict[str, Any], primary: str) -> None:
+    record.write_with_card(final_tmp)
     final = out / "final"
     if final.exists():
         shutil.rmtree(final)  # a leftover from a crash between these two lines; the run rewrites it whole
@@ -219,18 +217,18 @@ def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: l
         "loss_curve": losses,
         "evaluations": evals,
         "final_evaluation": after,
-        "before": record["metrics"]["before"],
-        "after": record["metrics"]["after"],
-        "best_step": record["metrics"]["best_step"],
-        "train": {**summary, **record["throughput"]},
-        "observed_per_device_batch": record["observed_per_device_batch"],
-        "resumed_from": record["resumed_from"],
+        "before": record.metrics["before"],
+        "after": record.metrics["after"],
+        "best_step": record.metrics["best_step"],
+        "train": {**summary, **record.throughput},
+        "observed_per_device_batch": record.observed_per_device_batch,
+        "resumed_from": record.resumed_from,
     }
     write_json_atomic(out / METRICS_FILE, metrics)
     from ettin_cli.measure.charts import training_curves_chart
 
     training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE)
-    if record["metrics"]["before"].get("mean") is not None and record["metrics"]["after"].get("mean") is not None:
-        logger.info(f"mean NDCG@10: {record['metrics']['before']['mean']:.4f} before -> "
-                    f"{record['metrics']['after']['mean']:.4f} after training")
-    logger.info(f"final model {final}: {record['final_model']['why']}")  # the last line: which step, and why
+    before, after_mean = record.metrics["before"].get("mean"), record.metrics["after"].get("mean")
+    if before is not None and after_mean is not None:
+        logger.info(f"mean NDCG@10: {before:.4f} before -> {after_mean:.4f} after training")
+    logger.info(f"final model {final}: {record.final_model['why']}")  # the last line: which step, and why

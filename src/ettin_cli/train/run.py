@@ -13,17 +13,17 @@ seeded, so the data order is that of an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.publish.training_record import TrainingRecord
 from ettin_cli.train.config import TrainConfig
 
 
 def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[str, Any]:
-    """Train (or continue training) the run described by `config`; return the training record.
+    """Train (or continue training) the run described by `config`; return the training record (its JSON object).
 
     `callbacks` are extra `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
@@ -44,7 +44,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
     out = Path(config.output_dir)
     if checkpoints.check_output_dir(config) == "done":
         logger.info(f"{out}: this run is already complete (final model in {out / 'final'}); nothing to do")
-        return json.loads((out / "final" / checkpoints.TRAINING_RECORD).read_text(encoding="utf-8"))
+        return TrainingRecord.read(out / "final").to_dict()
     args = config.trainer_arguments()  # initialises torch.distributed under torchrun
 
     # 2. Data, loaded and checked before anything is written (bad input leaves the folder untouched).
@@ -91,7 +91,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
                                   train_metrics=result.metrics, final_model=final_model,
                                   after=after, data=data_summary, observed_batch=meter.max_rows,
                                   resumed_from=resume_from.name if resume_from else None)
-    record["quality_flags"] = outputs.check_quality(record, data_summary["validation_variance"]) if rank.is_main else []
+    record.quality_flags = outputs.check_quality(record, data_summary["validation_variance"]) if rank.is_main else []
     if rank.is_main:
         outputs.save_final(trainer, out, record, history, after)
     if args.world_size > 1:
@@ -102,7 +102,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return record
+    return record.to_dict()
 
 
 def build_student_for(config: TrainConfig, train_ds: Any) -> Any:

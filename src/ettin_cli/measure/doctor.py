@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.hardware import (
@@ -37,20 +37,39 @@ from ettin_cli.core.hardware import (
     fa2_backend,
     fa2_description,
     is_flash_attention_2,
-    resolve_precision,
+    resolve_device,
 )
+from ettin_cli.io.beir import load_beir
 from ettin_cli.label.teacher import load_teacher
-from ettin_cli.train.student import build_student
+from ettin_cli.measure.settings import Setting, plan_settings, sync
+from ettin_cli.measure.tiny_models import build_tiny_backbone, build_tiny_teacher
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
 
 STATUSES = ("pass", "fail", "skip")
-SETTINGS = (("fp32+sdpa", "float32", "sdpa"), ("bf16+sdpa", "bfloat16", "sdpa"),
-            ("bf16+fa2", "bfloat16", "flash_attention_2"))
+# The doctor's settings (`--only` takes their names): bench's ablation without FA2 on padded batches, which
+# checks nothing the padded SDPA row and the packed FA2 row do not.
+SETTINGS = (Setting("float32", "sdpa", False), Setting("bfloat16", "sdpa", False),
+            Setting("bfloat16", "flash_attention_2", True))
 # Largest allowed |fast - reference|, as a share of the largest |reference| score. fp32 differs
 # only by summation order; bf16 keeps 8 mantissa bits, so a few 1e-2 over a forward pass is rounding, while a
 # wrong head row, a wrong last-token index or a padding leak moves scores by their own size (~100%).
 TOLERANCE = {"float32": 1e-4, "bfloat16": 6e-2}
-CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class StudentBuilder(Protocol):
+    """`train.student.build_student`, handed in by the command: the doctor checks the student `ettin train`
+    builds, and `measure/` sits below `train/`, so it is given the builder rather than importing it."""
+
+    def __call__(self, base_model: str, *, max_length: int, precision: Precision, seed: int, device: str,
+                 for_training: bool) -> CrossEncoder: ...
+
+
+class StudentFactory(Protocol):
+    """The tiny student on this run's backbone and device, at a precision, for inference or training."""
+
+    def __call__(self, precision: Precision, *, for_training: bool) -> CrossEncoder: ...
 
 
 @dataclass
@@ -77,8 +96,6 @@ def doctor_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
     Document lengths vary a lot, which is what makes padding (and so a padding bug) visible.
     """
-    from ettin_cli.io.beir import load_beir
-
     data = load_beir(Path(__file__).resolve().parents[1] / "demo_data")
     rng = random.Random(seed)
     queries, docs = list(data.queries.values()), list(data.corpus.values())
@@ -94,95 +111,14 @@ def _texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [t for pair in pairs for t in pair]
 
 
-def build_tiny_teacher(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0,
-                       hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2, num_heads: int = 4,
-                       num_kv_heads: int = 2, max_position_embeddings: int = 4096) -> Path:
-    """A random Qwen2ForCausalLM + byte-level BPE tokenizer in the mxbai-rerank-v2 layout, saved to `out`.
-
-    The tokenizer holds `<|im_start|>`, `<|im_end|>`, `<|endoftext|>` as special tokens and the digits `0` and `1`
-    as single tokens (byte-level alphabet), as in the real Qwen2 vocabulary; the lm_head is untied, as in
-    mxbai-rerank-large-v2, so the teacher's folded head vector is really two rows of it.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        padding_side="left", model_max_length=32768)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                         max_position_embeddings=max_position_embeddings,
-                         tie_word_embeddings=False, bos_token_id=None,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
-    config.architectures = ["Qwen2ForCausalLM"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def build_tiny_backbone(out: Path, texts: Sequence[str], *, vocab_size: int = 1000, seed: int = 0) -> Path:
-    """A random ModernBERT backbone (AutoModel layout) with a WordPiece tokenizer ([CLS] a [SEP] b [SEP])."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
-
-    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
-                                                                    special_tokens=WORDPIECE_SPECIALS))
-    cls_id, sep_id = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
-    wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                      special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                        model_max_length=512)
-    config = ModernBertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512,
-                              global_attn_every_n_layers=3, local_attention=64, pad_token_id=tokenizer.pad_token_id,
-                              cls_token_id=cls_id, sep_token_id=sep_id, bos_token_id=cls_id, eos_token_id=sep_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ModernBertModel(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------
 # What this machine can run
 # ---------------------------------------------------------------------------------------------------------
 
 
-def plan_settings(device: str, *, capability: tuple[int, int] | None = None,
-                  fa2_available: bool | None = None) -> list[tuple[str, Precision | None, str | None]]:
-    """(label, precision, None) for each setting the machine runs, (label, None, reason) for the others."""
-    plan: list[tuple[str, Precision | None, str | None]] = []
-    for label, dtype, attn in SETTINGS:
-        try:
-            plan.append((label, resolve_precision(device, dtype, attn, capability=capability,
-                                                  fa2_available=fa2_available), None))
-        except EttinError as exc:  # "--attn flash_attention_2 needs a CUDA GPU; ..." -> "needs a CUDA GPU; ..."
-            plan.append((label, None, re.sub(r"^--\w+ \S+?:? ", "", str(exc))))
-    return plan
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
+def _plain(reason: str | None) -> str:
+    """"--attn flash_attention_2 needs a CUDA GPU; ..." -> "needs a CUDA GPU; ..." (a row names its setting)."""
+    return re.sub(r"^--\w+ \S+?:? ", "", reason or "")
 
 
 def _max_rel_diff(got, ref) -> tuple[float, float]:
@@ -191,6 +127,13 @@ def _max_rel_diff(got, ref) -> tuple[float, float]:
 
     got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     return float(np.abs(got - ref).max()), max(1e-6, float(np.abs(ref).max()))
+
+
+def _compare(got: Any, reference: Any, precision: Precision, what: str) -> tuple[float, float, list[str]]:
+    """(max |got - reference|, the tolerance, [the problem] when it is exceeded, else [])."""
+    diff, scale = _max_rel_diff(got, reference)
+    tol = TOLERANCE[precision.dtype] * scale
+    return diff, tol, [f"{what} by {diff:.3g} (tolerance {tol:.3g})"] if diff > tol else []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,22 +174,18 @@ def check_teacher(path: Path, pairs: Sequence[tuple[str, str]], device: str, lab
                            max_length=512)
     teacher.score(queries[:4], docs[:4])  # warm-up (kernels, allocator) before timing
     before = (teacher.stats.tokens, teacher.stats.padding_tokens)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fast = teacher.score(queries, docs)
-    _sync(device)
+    sync(device)
     fast_s = time.perf_counter() - start
     tokens, padding = teacher.stats.tokens - before[0], teacher.stats.padding_tokens - before[1]
     sequences = teacher.encode_pairs(queries, docs)[0]
     start = time.perf_counter()
     reference = naive_teacher_scores(path, sequences, device)
-    _sync(device)
+    sync(device)
     naive_s = time.perf_counter() - start
-    diff, scale = _max_rel_diff(fast, reference)
-    tol = TOLERANCE[precision.dtype] * scale
-    problems = []
-    if diff > tol:
-        problems.append(f"fast path differs from the naive forward by {diff:.3g} (tolerance {tol:.3g})")
+    diff, tol, problems = _compare(fast, reference, precision, "fast path differs from the naive forward")
     if precision.unpadded and padding:
         problems.append(f"packed (FA2) path processed {padding} padding positions, expected 0")
     name = f"teacher fast path = naive forward ({label})"
@@ -299,36 +238,27 @@ def _real_tokens(model, pairs: Sequence[tuple[str, str]]) -> int:
                for q, d in pairs)
 
 
-def _student(backbone: Path, precision: Precision, device: str, *, for_training: bool):
-    return build_student(str(backbone), max_length=256, precision=precision, seed=12, device=device,
-                         for_training=for_training)
-
-
-def check_student(backbone: Path, pairs: Sequence[tuple[str, str]], device: str, label: str,
+def check_student(student: StudentFactory, pairs: Sequence[tuple[str, str]], device: str, label: str,
                   precision: Precision, reference: Any) -> list[Check]:
     """Student batch (padded, or packed when FA2 is active) vs each pair alone in fp32 (`reference`)."""
     import torch
 
-    model = _student(backbone, precision, device, for_training=False)
+    model = student(precision, for_training=False)
     model.eval()
     unpadded = student_unpadded(model)
     real = _real_tokens(model, pairs)
     with torch.inference_mode():
         _student_scores(model, pairs[:4], device)  # warm-up
         counter = _TokenCounter(model)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         try:
             got = _student_scores(model, pairs, device).float().cpu().numpy()
         finally:
             counter.close()
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
-    diff, scale = _max_rel_diff(got, reference)
-    tol = TOLERANCE[precision.dtype] * scale
-    problems = []
-    if diff > tol:
-        problems.append(f"batched scores differ from each pair alone by {diff:.3g} (tolerance {tol:.3g})")
+    diff, tol, problems = _compare(got, reference, precision, "batched scores differ from each pair alone")
     if precision.unpadded and not unpadded:
         problems.append(f"FA2 was asked for but the student runs padded "
                         f"(attention {model[0].config._attn_implementation})")
@@ -348,19 +278,19 @@ def check_student(backbone: Path, pairs: Sequence[tuple[str, str]], device: str,
     return checks
 
 
-def student_reference(backbone: Path, pairs: Sequence[tuple[str, str]], device: str) -> Any:
+def student_reference(student: StudentFactory, pairs: Sequence[tuple[str, str]], device: str) -> Any:
     """Each pair alone (no padding at all) through the fp32 + SDPA student: the ground truth for batching."""
     import numpy as np
     import torch
 
-    model = _student(backbone, Precision("float32", "sdpa"), device, for_training=False)
+    model = student(Precision("float32", "sdpa"), for_training=False)
     model.eval()
     with torch.inference_mode():
         return np.array([float(_student_scores(model, [pair], device)[0]) for pair in pairs], dtype=np.float32)
 
 
-def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], targets: Any, device: str, label: str,
-                        precision: Precision) -> Check:
+def check_training_step(student: StudentFactory, pairs: Sequence[tuple[str, str]], targets: Any, device: str,
+                        label: str, precision: Precision) -> Check:
     """One gradient step on the MSE to the teacher's scores, under the precision's autocast, must lower the MSE.
 
     The step is plain gradient descent sized (Polyak) to cut the loss by 20% to first order: lr = 0.2 * loss /
@@ -370,7 +300,7 @@ def check_training_step(backbone: Path, pairs: Sequence[tuple[str, str]], target
     """
     import torch
 
-    model = _student(backbone, precision, device, for_training=True)
+    model = student(precision, for_training=True)
     model.train()
     target = torch.as_tensor(targets, dtype=torch.float32, device=device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -479,37 +409,42 @@ def offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str] | None = None,
-               workdir: str | os.PathLike[str] | None = None) -> list[Check]:
+def run_doctor(build_student: StudentBuilder, device: str = "auto", *, num_pairs: int = 16,
+               only: Sequence[str] | None = None, workdir: str | os.PathLike[str] | None = None) -> list[Check]:
     """Every check on `device` (auto: the GPU when visible), for the settings in `only` (default: all three).
 
-    The tiny models are built in a temp folder (under `workdir` when given) and removed afterwards.
+    The tiny models are built in a temp folder (under `workdir` when given) and removed afterwards; the student
+    is made from the tiny backbone by `build_student` (`train.student.build_student`, as `ettin train` does).
     """
     import numpy as np
     import torch
 
-    from ettin_cli.core.hardware import resolve_device
-
     if num_pairs < 8:
         raise EttinError(f"--pairs must be at least 8, got {num_pairs}")
-    labels = [label for label, _, _ in SETTINGS]
+    names = [s.name for s in SETTINGS]
     for name in only or ():
-        if name not in labels:
-            raise EttinError(f"--only {name}: not a setting; choose from {', '.join(labels)}")
+        if name not in names:
+            raise EttinError(f"--only {name}: not a setting; choose from {', '.join(names)}")
     device = resolve_device(device)
-    plan = [row for row in plan_settings(device) if not only or row[0] in only]
+    plan = [(s, reason) for s, reason in plan_settings(device, settings=SETTINGS) if not only or s.name in only]
     pairs = doctor_pairs(num_pairs)
     checks: list[Check] = []
     with offline(), tempfile.TemporaryDirectory(prefix="ettin-doctor-", dir=workdir) as tmp:
         with torch.random.fork_rng(devices=[]):
             teacher_path = build_tiny_teacher(Path(tmp) / "teacher", _texts(pairs))
             backbone = build_tiny_backbone(Path(tmp) / "backbone", _texts(pairs))
-        reference = student_reference(backbone, pairs, device)
+
+        def student(precision: Precision, *, for_training: bool) -> CrossEncoder:
+            return build_student(str(backbone), max_length=256, precision=precision, seed=12, device=device,
+                                 for_training=for_training)
+
+        reference = student_reference(student, pairs, device)
         targets: Any = None  # the naive teacher's scores: what the training step distils
-        for label, precision, reason in plan:
-            if precision is None:
+        for setting, reason in plan:
+            label, precision = setting.name, setting.precision
+            if reason is not None:
                 for what in ("teacher fast path", "student batch", "one training step"):
-                    checks.append(Check(f"{what} ({label})", "skip", "", reason or "", device))
+                    checks.append(Check(f"{what} ({label})", "skip", "", _plain(reason), device))
                 continue
             try:
                 teacher_checks, teacher_reference = check_teacher(teacher_path, pairs, device, label, precision)
@@ -521,12 +456,12 @@ def run_doctor(device: str = "auto", *, num_pairs: int = 16, only: Sequence[str]
                 teacher_checks[0].detail += (f" (with the `kernels` backend, FA2 loads {FA2_KERNEL_REPO} from the Hub "
                                              "cache, offline here: `make install TORCH=cuda` fetches it once)")
             try:
-                checks.extend(check_student(backbone, pairs, device, label, precision, reference))
+                checks.extend(check_student(student, pairs, device, label, precision, reference))
             except Exception as exc:
                 checks.append(_failed(f"student batch = pairs alone ({label})", device, exc))
             step_targets = targets if targets is not None else np.zeros(len(pairs), dtype=np.float32)
             try:
-                checks.append(check_training_step(backbone, pairs, step_targets, device, label, precision))
+                checks.append(check_training_step(student, pairs, step_targets, device, label, precision))
             except Exception as exc:
                 checks.append(_failed(f"one training step lowers MSE ({label})", device, exc))
     checks.append(check_all_reduce(device))
