@@ -327,10 +327,9 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         max_length_cap = opt.get("max_length")
     elif "max_length" in opt:
         max_length = opt["max_length"]
-    for name, value in (("--max-length", max_length if max_length != "auto" else None),
-                        ("--max-length", max_length_cap)):
-        if value is not None and (_positive(name, value) < 8):
-            raise EttinError(f"{name} must be at least 8 tokens, got {value}")
+    for value in (max_length if max_length != "auto" else None, max_length_cap):
+        if value is not None and _positive("--max-length", value) < 8:
+            raise EttinError(f"--max-length must be at least 8 tokens, got {value}")
     for key, allowed in (("pooling", POOLING_MODES), ("head_init", HEAD_INITS), ("head", HEAD_CHOICES),
                          ("head_activation", HEAD_ACTIVATIONS)):
         if str(model.get(key, allowed[0])) not in allowed:
