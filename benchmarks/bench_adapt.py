@@ -111,9 +111,10 @@ def main() -> None:
         wall = 0.0
         if not (run_dir / "final" / "ettin_training.json").is_file():
             wall = ettin("train", "--recipe", str(recipe), "--base-model", bases[base], "--data", str(scored),
-                         "--eval-data", str(train_dir), "--eval-max-queries", "5", "--eval-steps", "0",
-                         "--save-steps", "0", "--max-steps", str(args.steps), "--global-batch-size",
-                         str(args.batch), "--max-length", str(args.max_length), "--dataloader-workers", "0",
+                         "--eval-data", str(train_dir), "--eval-max-queries", "5", "--eval-top-k", "10",
+                         "--eval-steps", "0", "--save-steps", "0", "--max-steps", str(args.steps),
+                         "--global-batch-size", str(args.batch), "--max-length", str(args.max_length),
+                         "--dataloader-workers", "0",
                          "--output-dir", str(run_dir), "--save-initial", log=log)
         record = json.loads((run_dir / "final" / "ettin_training.json").read_text())
         cut = (record.get("data") or {}).get("truncation") or {}
