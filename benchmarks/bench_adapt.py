@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every row (60)")
     parser.add_argument("--batch", type=int, default=16, help="global batch of every row")
     parser.add_argument("--max-length", type=int, default=256, help="cap of adapt.yaml's max_length: auto")
+    parser.add_argument("--no-teacher", action="store_true", help="leave the teacher's line out of the evaluation")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 steps, 10 + 10 evaluated queries")
     args = parser.parse_args()
     if args.quick:
@@ -123,29 +124,30 @@ def main() -> None:
         print(f"  trained {name}: {args.steps} steps in {wall:.0f}s (max length {cut.get('max_length')})",
               flush=True)
 
-    models = [teacher]
+    models = [] if args.no_teacher else [teacher]
+    first_row = 1 if args.no_teacher else 2  # results[0] is BM25, [1] the teacher unless left out
     for name, *_ in ROWS:
         run_dir = out / "runs" / f"{name}-{args.steps}steps"
         models += [str(run_dir / "initial"), str(run_dir / "final")]
     report_dir = out / "eval"
     evals = {}
     for label, data, queries in (("cranfield", heldout_dir, args.heldout), ("demo", DEMO_DATA, args.demo_queries)):
-        evals[label] = ettin("eval", *models, "--format", "bi-encoder",
-                             *(["--format", "cross-encoder"] * (len(models) - 1)), "--data", str(data), "--top-k",
-                             str(args.top_k), "--max-queries", str(queries), "--output", str(report_dir / label),
-                             log=log)
+        formats = ["bi-encoder"] * (first_row - 1) + ["cross-encoder"] * (len(models) - first_row + 1)
+        evals[label] = ettin("eval", *models, *[f for fmt in formats for f in ("--format", fmt)], "--data",
+                             str(data), "--top-k", str(args.top_k), "--max-queries", str(queries),
+                             "--output", str(report_dir / label), log=log)
     reports = {label: json.loads((report_dir / label / "eval.json").read_text()) for label in evals}
 
     def ndcg(label: str, index: int) -> float:
         return reports[label]["results"][index]["mean"]["ndcg@10"]
 
-    # results[0] is BM25, [1] the teacher, then (initial, final) per row.
     header = ("| start | steps | train s | Cranfield NDCG@10 before | after | demo NDCG@10 before | after |")
     lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| BM25 top-{args.top_k} (retriever) | | | {ndcg('cranfield', 0):.3f} | | {ndcg('demo', 0):.3f} | |",
-             f"| teacher all-MiniLM-L6-v2 | | | {ndcg('cranfield', 1):.3f} | | {ndcg('demo', 1):.3f} | |"]
+             f"| BM25 top-{args.top_k} (retriever) | | | {ndcg('cranfield', 0):.3f} | | {ndcg('demo', 0):.3f} | |"]
+    if not args.no_teacher:
+        lines.append(f"| teacher all-MiniLM-L6-v2 | | | {ndcg('cranfield', 1):.3f} | | {ndcg('demo', 1):.3f} | |")
     for i, (name, what, _, _) in enumerate(ROWS):
-        first = 2 + 2 * i
+        first = first_row + 2 * i
         row = results[name]
         row.update({f"{label}_{when}": ndcg(label, first + k) for label in reports
                     for k, when in enumerate(("before", "after"))})
