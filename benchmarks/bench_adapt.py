@@ -118,7 +118,8 @@ def main() -> None:
                          "--dataloader-workers", "0",
                          "--output-dir", str(run_dir), "--save-initial", log=log)
         record = json.loads((run_dir / "final" / "ettin_training.json").read_text())
-        cut = (record.get("data") or {}).get("truncation") or {}
+        cut = record.get("truncation") or {}
+        wall = wall or float((record.get("throughput") or {}).get("train_runtime_seconds") or 0.0)
         results[name] = {"start": what, "steps": args.steps, "train_wall_s": round(wall, 1),
                          "max_length": cut.get("max_length"), "cut_fraction": cut.get("cut_fraction")}
         print(f"  trained {name}: {args.steps} steps in {wall:.0f}s (max length {cut.get('max_length')})",
