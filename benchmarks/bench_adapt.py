@@ -19,7 +19,8 @@ benchmarks/bench_distill.py (the query split of Cranfield, the subprocess runner
 - One `ettin eval` (BM25 top-`--top-k` reranked) of every row's start (`initial/`) and end (`final/`) on the
   held-out Cranfield queries (the domain) and on the demo corpus's held-out test queries (what it forgot).
 
-Printed: one table (row, steps, train wall time, NDCG@10 before/after on each set) and the teacher's line.
+Printed: one table (row, steps, the trainer's train time, NDCG@10 before/after on each set) and the teacher's
+line. A rerun into the same OUT reuses finished training runs and evaluations.
 Everything is written to OUT/bench_adapt.json.
 """
 
@@ -109,9 +110,8 @@ def main() -> None:
         recipe = out / "recipes" / f"{name}.yaml"
         recipe.parent.mkdir(parents=True, exist_ok=True)
         write_recipe(recipe, model)
-        wall = 0.0
         if not (run_dir / "final" / "ettin_training.json").is_file():
-            wall = ettin("train", "--recipe", str(recipe), "--base-model", bases[base], "--data", str(scored),
+            ettin("train", "--recipe", str(recipe), "--base-model", bases[base], "--data", str(scored),
                          "--eval-data", str(train_dir), "--eval-max-queries", "5", "--eval-top-k", "10",
                          "--eval-steps", "0", "--save-steps", "0", "--max-steps", str(args.steps),
                          "--global-batch-size", str(args.batch), "--max-length", str(args.max_length),
@@ -119,7 +119,7 @@ def main() -> None:
                          "--output-dir", str(run_dir), "--save-initial", log=log)
         record = json.loads((run_dir / "final" / "ettin_training.json").read_text())
         cut = record.get("truncation") or {}
-        wall = wall or float((record.get("throughput") or {}).get("train_runtime_seconds") or 0.0)
+        wall = float((record.get("throughput") or {}).get("train_runtime_seconds") or 0.0)  # the trainer's own
         results[name] = {"start": what, "steps": args.steps, "train_wall_s": round(wall, 1),
                          "max_length": cut.get("max_length"), "cut_fraction": cut.get("cut_fraction")}
         print(f"  trained {name}: {args.steps} steps in {wall:.0f}s (max length {cut.get('max_length')})",
@@ -133,6 +133,9 @@ def main() -> None:
     report_dir = out / "eval"
     evals = {}
     for label, data, queries in (("cranfield", heldout_dir, args.heldout), ("demo", DEMO_DATA, args.demo_queries)):
+        if (report_dir / label / "eval.json").is_file():  # a rerun reuses a finished evaluation
+            evals[label] = 0.0
+            continue
         formats = ["bi-encoder"] * (first_row - 1) + ["cross-encoder"] * (len(models) - first_row + 1)
         evals[label] = ettin("eval", *models, *[f for fmt in formats for f in ("--format", fmt)], "--data",
                              str(data), "--top-k", str(args.top_k), "--max-queries", str(queries),
