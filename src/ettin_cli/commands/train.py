@@ -18,7 +18,9 @@ HELP = (
     "  ettin train --size 150m --print-config\n\n"
     "  ettin train --size 17m --data scored/ --eval-data ../shared/data/cranfield --output-dir runs/17m\n\n"
     "  torchrun --nproc_per_node 8 -m ettin_cli train --size 1b --output-dir runs/1b\n\n"
-    "  ettin train --size 68m --data pairs.parquet --score-column teacher_logit --per-device-batch-size 64"
+    "  ettin train --size 68m --data pairs.parquet --score-column teacher_logit --per-device-batch-size 64\n\n"
+    "  ettin train --recipe recipes/adapt.yaml --base-model cross-encoder/ettin-reranker-17m-v1 --data mine/ "
+    "--data cross-encoder/ettin-reranker-v1-data:0.2 --eval-data my-heldout/   # adapt a reranker (docs/adapt.md)"
 )
 
 
@@ -31,7 +33,8 @@ def train(
     recipe: Path | None = typer.Option(None, "--recipe", help="A custom recipe YAML, merged over recipes/shared.yaml."),
     data: list[str] | None = typer.Option(
         None, "--data", help="Training data (repeatable): an `ettin score` folder, a .parquet/.jsonl file, a Hub "
-        "data set id or a local folder in the Hub's layout (every config's train split concatenated). Default: the "
+        "data set id or a local folder in the Hub's layout (every config's train split concatenated). SOURCE:0.2 draws "
+        "20% of the training rows from SOURCE (seeded), the sources without a fraction giving the rest. Default: the "
         "published cross-encoder/ettin-reranker-v1-data."),
     validation_data: list[str] | None = typer.Option(
         None, "--validation-data", help="Held-out pairs for the eval loss (repeatable; same forms as --data). "
@@ -55,7 +58,8 @@ def train(
         None, "--per-device-batch-size", help="Pairs per forward pass on each device; gradient accumulation keeps "
         "the global batch (default: global // world size)."),
     max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per (query, document) pair; "
-                                          "longer pairs are cut (default: the backbone's maximum, 7999 for Ettin)."),
+                                          "longer pairs are cut (default: the backbone's maximum, 7999 for Ettin). "
+                                          "With the recipe's max_length: auto (demo, adapt): the most auto picks."),
     eval_data: list[str] | None = typer.Option(
         None, "--eval-data", help="Offline evaluation (repeatable): BEIR-layout folders, BM25 top-k reranked. "
         "Default: NanoBEIR from the Hub."),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.train.data import parse_data_sources
 
 # The recipe's precision names -> hardware.resolve_precision's.
 _RECIPE_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
@@ -68,7 +69,7 @@ class TrainConfig:
     training: dict[str, Any]          # CrossEncoderTrainingArguments keywords, as the recipe names them
     global_batch_size: int
     world_size: int
-    max_length: int | None            # None: the backbone's maximum (architecture.max_length says which)
+    max_length: int | str | None      # None: the backbone's maximum; "auto": fitted to the training pairs
     precision: dict[str, Any]
     data: dict[str, Any]
     evaluation: dict[str, Any]
@@ -76,6 +77,9 @@ class TrainConfig:
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "mse"})
     pooling: str = "cls"
     head_init: str = "default"
+    head: str = "auto"                # keep a cross-encoder base's own head (auto, keep) or build a new one (new)
+    head_activation: str = "refuse"   # a kept head's non-identity activation: refuse, or replace with identity
+    max_length_cap: int | None = None  # with max_length "auto": --max-length, the most it may pick
     teacher: str | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
     recipe_file: str | None = None
@@ -247,7 +251,7 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     from ettin_cli.core.hardware import resolve_device, resolve_precision
     from ettin_cli.core.recipes import load_recipe
     from ettin_cli.train.losses import resolve_loss
-    from ettin_cli.train.student import HEAD_INITS, POOLING_MODES
+    from ettin_cli.train.student import HEAD_ACTIVATIONS, HEAD_CHOICES, HEAD_INITS, POOLING_MODES
 
     known = {"data", "validation_data", "query_column", "document_column", "score_column", "base_model",
              "output_dir", "max_steps", "learning_rate", "global_batch_size", "per_device_batch_size", "max_length",
@@ -318,12 +322,16 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
             # (and the final model) are that once, so no periodic one is needed.
             training[key] = 0
 
-    max_length = opt.get("max_length", model.get("max_length"))
-    if max_length is not None:
-        max_length = _positive("--max-length", max_length)
-        if max_length < 8:
-            raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
-    for key, allowed in (("pooling", POOLING_MODES), ("head_init", HEAD_INITS)):
+    max_length, max_length_cap = model.get("max_length"), None
+    if max_length == "auto":  # fitted to the training pairs when they are read; --max-length is then its cap
+        max_length_cap = opt.get("max_length")
+    elif "max_length" in opt:
+        max_length = opt["max_length"]
+    for value in (max_length if max_length != "auto" else None, max_length_cap):
+        if value is not None and _positive("--max-length", value) < 8:
+            raise EttinError(f"--max-length must be at least 8 tokens, got {value}")
+    for key, allowed in (("pooling", POOLING_MODES), ("head_init", HEAD_INITS), ("head", HEAD_CHOICES),
+                         ("head_activation", HEAD_ACTIVATIONS)):
         if str(model.get(key, allowed[0])) not in allowed:
             raise EttinError(f"{where}: model.{key} must be one of {', '.join(allowed)}, got {model.get(key)!r}")
 
@@ -341,7 +349,8 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
 
     recipe_backbone = _required(model, "model", "backbone", where)
     base_model = _source(opt.get("base_model") or recipe_backbone, "--base-model", "model")
-    sources = [_source(s, "--data", "dataset") for s in (opt.get("data") or [data.get("dataset")]) if s]
+    named, fractions = parse_data_sources([s for s in (opt.get("data") or [data.get("dataset")]) if s])
+    sources = [_source(s, "--data", "dataset") for s in named]
     if not sources:
         raise EttinError(f"{where}: no training data: give --data or set data.dataset in the recipe")
     validation = ([_source(s, "--validation-data", "dataset") for s in opt["validation_data"]]
@@ -354,6 +363,9 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     _positive("--eval-max-queries", opt.get("eval_max_queries"))
     if opt.get("eval_data"):
         bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]]}
+    elif evaluation.get("require_eval_data"):
+        raise EttinError(f"{where}: evaluation.require_eval_data is set: give --eval-data DIR, your own held-out "
+                         "queries in BEIR layout, so the run is measured on your domain before and after training")
     else:
         from ettin_cli.measure.eval_data import NANOBEIR_SETS
 
@@ -367,16 +379,20 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         backbone=base_model,
         teacher=(recipe.get("teacher") or {}).get("model"),
         architecture=backbone_shape(base_model, model, recipe_backbone),
-        max_length=int(max_length) if max_length is not None else None,
+        max_length=max_length if max_length in (None, "auto") else int(max_length),
+        max_length_cap=int(max_length_cap) if max_length_cap is not None else None,
         pooling=str(model.get("pooling", "cls")),
         head_init=str(model.get("head_init", "default")),
+        head=str(model.get("head", "auto")),
+        head_activation=str(model.get("head_activation", "refuse")),
         global_batch_size=int(global_batch),
         world_size=int(world),
         training=training,
         loss=resolve_loss(ettin, where),
         precision={"device": device, "dtype": prec.dtype, "attn": prec.attn, "unpadded": prec.unpadded,
                    "recipe": f"{ettin.get('precision', 'bf16')} + {wanted_attn}"},
-        data={"train": sources, "validation": validation, "train_split": data.get("train_split", "train"),
+        data={"train": sources, "fractions": fractions, "validation": validation,
+              "train_split": data.get("train_split", "train"),
               "eval_split": data.get("eval_split", "validation"), "columns": columns},
         evaluation={**bench, "retriever": "bm25", "top_k": int(top_k), "max_queries": opt.get("eval_max_queries"),
                     "force_positives": False, "metric": "ndcg@10", "primary_metric": primary},

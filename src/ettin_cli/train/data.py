@@ -8,6 +8,7 @@ chunk by chunk, before anything is written.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +149,38 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
 
 
 TARGETS = ("label", "score")
+_FRACTION = re.compile(r"^(?P<source>.+):(?P<fraction>[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf)$")
+
+
+def parse_data_sources(values: list[str]) -> tuple[list[str], list[float | None]]:
+    """`--data` values -> (sources, fractions): `SOURCE:0.2` asks for 20 % of the training rows drawn from SOURCE
+    (seeded, without replacement), so a domain run keeps some general pairs; a source without a fraction gives all
+    of its rows, and those rows are the rest of the mix. Bad fractions are refused in one line."""
+    sources: list[str] = []
+    fractions: list[float | None] = []
+    for value in values:
+        m = _FRACTION.match(str(value).strip())
+        if m is None or Path(str(value)).exists():
+            sources.append(str(value))
+            fractions.append(None)
+            continue
+        fraction = float(m.group("fraction"))
+        if not 0 < fraction < 1:
+            raise EttinError(f"--data {value}: the fraction must be between 0 and 1 (the share of the training "
+                             f"rows drawn from {m.group('source')}), got {m.group('fraction')}")
+        sources.append(m.group("source"))
+        fractions.append(fraction)
+    if len(set(sources)) < len(sources):
+        twice = sorted({s for s in sources if sources.count(s) > 1})
+        raise EttinError(f"--data: a source is given twice ({', '.join(twice)})")
+    given = [f for f in fractions if f is not None]
+    if given and len(given) == len(fractions):
+        raise EttinError("--data: every source has a fraction; give your own data without one (all of its rows "
+                         "are the rest of the mix), e.g. --data mine/ --data general/:0.2")
+    if sum(given) >= 1:
+        raise EttinError(f"--data: the fractions add up to {sum(given):g}; they must leave a share for the sources "
+                         "without one (sum below 1)")
+    return sources, fractions
 
 
 def target_column(names: list[str], where: str, given: str | None) -> str:
@@ -280,7 +313,11 @@ def score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
     if not teacher and depth < 4 and isinstance(upstream, str) and is_finished(upstream):
         return score_dir_teacher(upstream, depth + 1)
     fmt = manifest.get("format") or config.get("format")
-    return {k: v for k, v in {"teacher": teacher, "teacher_format": fmt}.items() if v}
+    # The teacher's own input limit (the manifest's `max_length`: what `ettin score` let the teacher read).
+    limit = manifest.get("max_length")
+    found = {"teacher": teacher, "teacher_format": fmt,
+             "teacher_max_length": limit if isinstance(limit, int) and not isinstance(limit, bool) else None}
+    return {k: v for k, v in found.items() if v}
 
 
 def data_teacher(summary: list[dict[str, Any]], recipe_teacher: str | None) -> tuple[str | None, str | None]:
@@ -297,6 +334,43 @@ def cache_bytes(ds: Dataset) -> int:
 
 
 
+def load_mix(sources: list[str], fractions: list[float | None], columns: dict[str, str | None], *,
+             split: str = "train", cache_dir: str | None = None, holdout: str = "validation",
+             seed: int = 12) -> tuple[Dataset, list[dict[str, Any]]]:
+    """The training pairs of a mix: every row of the sources without a fraction (N rows), plus from each source
+    with fraction f a seeded sample of round(f * N / (1 - sum f)) rows, so that it is f of the whole.
+
+    A source with fewer rows than its share needs is refused (drawing rows twice would overweight them).
+    """
+    import numpy as np
+    from datasets import concatenate_datasets
+
+    rest = [s for s, f in zip(sources, fractions, strict=True) if f is None]
+    base, summary = load_pairs(rest, columns, split=split, cache_dir=cache_dir, holdout=holdout)
+    assert base is not None
+    share = sum(f for f in fractions if f is not None)
+    total = len(base) / (1 - share)
+    parts = [base]
+    rng = np.random.default_rng(seed)
+    for source, fraction in zip(sources, fractions, strict=True):
+        if fraction is None:
+            continue
+        ds, entries = load_pairs([source], columns, split=split, cache_dir=cache_dir, holdout=holdout)
+        assert ds is not None
+        want = max(1, round(total * fraction))
+        if want > len(ds):
+            raise EttinError(f"--data {source}:{fraction:g}: {want:,} rows are needed for that share of "
+                             f"{round(total):,} training rows, but it has {len(ds):,}; lower the fraction")
+        rows = np.sort(rng.choice(len(ds), size=want, replace=False))
+        parts.append(ds.select(rows.tolist()))
+        summary += [{**e, "fraction": fraction, "rows_drawn": want} for e in entries]
+        logger.info(f"mix: {want:,} of the {len(ds):,} rows of {source} drawn (seed {seed}): "
+                    f"{100 * fraction:.1f}% of the training pairs")
+    first = parts[0].features
+    parts = [p if p.features == first else p.cast(first) for p in parts]
+    return concatenate_datasets(parts), summary
+
+
 def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     """The run's training pairs, its eval-loss pairs (or None) and a summary of what was read (for the record).
 
@@ -305,8 +379,14 @@ def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str,
     import numpy as np
 
     data_cfg = config.data
-    train_ds, train_summary = load_pairs(data_cfg["train"], data_cfg["columns"], split=data_cfg["train_split"],
-                                         cache_dir=config.cache_dir, holdout=data_cfg["eval_split"])
+    fractions = data_cfg.get("fractions") or [None] * len(data_cfg["train"])
+    if any(f is not None for f in fractions):
+        train_ds, train_summary = load_mix(data_cfg["train"], fractions, data_cfg["columns"],
+                                           split=data_cfg["train_split"], cache_dir=config.cache_dir,
+                                           holdout=data_cfg["eval_split"], seed=config.training["seed"])
+    else:
+        train_ds, train_summary = load_pairs(data_cfg["train"], data_cfg["columns"], split=data_cfg["train_split"],
+                                             cache_dir=config.cache_dir, holdout=data_cfg["eval_split"])
     eval_sources = data_cfg["validation"] or [s for s in data_cfg["train"]
                                               if source_kind(s) in ("hub", "dataset-dir")]
     eval_ds, eval_summary = (None, [])
@@ -320,15 +400,22 @@ def load_train_and_eval(config: Any) -> tuple[Dataset, Dataset | None, dict[str,
     teacher, teacher_format = data_teacher(train_summary, config.teacher)
     # The teacher's held-out scores' variance: an eval MSE above it is worse than predicting their mean.
     variance = float(np.var(eval_ds.with_format("numpy")["label"][:])) if eval_ds is not None else None
+    limits = [d["teacher_max_length"] for d in train_summary if d.get("teacher_max_length")]
     return train_ds, eval_ds, {"train": train_summary, "validation": eval_summary, "teacher": teacher,
-                               "teacher_format": teacher_format, "validation_variance": variance}
+                               "teacher_format": teacher_format, "validation_variance": variance,
+                               "teacher_max_length": min(limits) if limits else None}
 
 
-def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int = 2000,
-                    seed: int = 12) -> dict[str, Any]:
-    """How many training pairs are longer than `max_length` tokens (query + document, special tokens included)
-    and so are cut: counted on every row when there are at most `sample`, else on a seeded random sample of
-    `sample` rows (`sampled` says which)."""
+# `model.max_length: auto`: the 95th percentile of the pairs' token lengths, rounded up to a multiple of 32.
+AUTO_PERCENTILE = 95
+AUTO_MULTIPLE = 32
+# A run that cuts more than this share of its training pairs warns (WARNING), naming the length that would not.
+CUT_WARNING_SHARE = 0.25
+
+
+def pair_lengths(tokenizer: Any, ds: Dataset, *, sample: int = 2000, seed: int = 12) -> tuple[list[int], bool]:
+    """Token lengths of (query, document) pairs, special tokens included, uncut: every row when there are at most
+    `sample`, else a seeded random sample of `sample` rows; plus whether it was a sample."""
     import numpy as np
 
     total = len(ds)
@@ -338,11 +425,59 @@ def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int
     picked = ds.select(rows.tolist()) if sampled else ds
     lengths = [len(ids) for ids in tokenizer(list(picked["query"]), list(picked["document"]), truncation=False,
                                              verbose=False)["input_ids"]]
+    return lengths, sampled
+
+
+def fitted_length(lengths: list[int], cap: int | None = None) -> int:
+    """The length `model.max_length: auto` picks: the `AUTO_PERCENTILE`th percentile of `lengths` rounded up to a
+    multiple of `AUTO_MULTIPLE`, at most `cap`."""
+    import numpy as np
+
+    wanted = int(np.ceil(np.percentile(lengths, AUTO_PERCENTILE) / AUTO_MULTIPLE) * AUTO_MULTIPLE) if lengths \
+        else AUTO_MULTIPLE
+    wanted = max(wanted, AUTO_MULTIPLE)
+    return min(wanted, cap) if cap else wanted
+
+
+def token_cost(lengths: list[int], longer: int, shorter: int) -> float:
+    """How many times the tokens per pair a student reads at `longer` costs compared with `shorter`."""
+    read = sum(min(n, shorter) for n in lengths)
+    return sum(min(n, longer) for n in lengths) / read if read else 1.0
+
+
+def count_cut_pairs(tokenizer: Any, ds: Dataset, max_length: int, *, sample: int = 2000,
+                    seed: int = 12, lengths: list[int] | None = None, sampled: bool | None = None,
+                    teacher_max_length: int | None = None) -> dict[str, Any]:
+    """How many training pairs are longer than `max_length` tokens (query + document, special tokens included)
+    and so are cut: counted on every row when there are at most `sample`, else on a seeded random sample of
+    `sample` rows (`sampled` says which). `lengths` (from `pair_lengths`) skips the tokenisation.
+
+    More than `CUT_WARNING_SHARE` cut is a WARNING naming the fitted length (which cuts about 5 %) and its cost in
+    tokens per pair; `teacher_max_length` (what the teacher read, from the score folder's manifest) is named too.
+    """
+    import numpy as np
+
+    total = len(ds)
+    if lengths is None:
+        lengths, sampled = pair_lengths(tokenizer, ds, sample=sample, seed=seed)
     cut = sum(n > max_length for n in lengths)
+    share = cut / len(lengths) if lengths else 0.0
     logger.info(f"max length {max_length:,} tokens: {cut:,} of {len(lengths):,} "
                 + (f"sampled training pairs (a seeded sample of {total:,})" if sampled
                    else "training pairs (all counted)")
-                + f" are longer and are cut ({100 * cut / max(len(lengths), 1):.1f}%)")
-    return {"max_length": int(max_length), "counted": len(lengths), "of": total, "sampled": sampled,
-            "cut": int(cut), "cut_fraction": round(cut / len(lengths), 4) if lengths else 0.0,
-            "median_tokens": int(np.median(lengths)) if lengths else 0}
+                + f" are longer and are cut ({100 * share:.1f}%)")
+    out = {"max_length": int(max_length), "counted": len(lengths), "of": total, "sampled": bool(sampled),
+           "cut": int(cut), "cut_fraction": round(share, 4),
+           "median_tokens": int(np.median(lengths)) if lengths else 0}
+    if teacher_max_length:
+        out["teacher_max_length"] = int(teacher_max_length)
+    if share > CUT_WARNING_SHARE:
+        fits = fitted_length(lengths)
+        cost = token_cost(lengths, fits, max_length)
+        out.update(fitted_length=fits, fitted_cost=round(cost, 2))
+        teacher = (f"; the teacher read up to {teacher_max_length:,} tokens" if teacher_max_length else "")
+        logger.warning(f"!!! {100 * share:.0f}% of the training pairs are longer than the student's {max_length:,} "
+                       f"tokens and are cut{teacher}: the student learns scores of text it does not see. "
+                       f"--max-length {fits:,} would cut {100 * np.mean(np.array(lengths) > fits):.0f}% at about "
+                       f"{cost:.1f}x the tokens per pair (model.max_length: auto picks it) !!!")
+    return out

@@ -53,8 +53,7 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
 
     # 3. Student.
     model = build_student_for(config, train_ds)
-    data_summary["truncation"] = data.count_cut_pairs(model.tokenizer, train_ds, model.max_length,
-                                                      seed=config.training["seed"])
+    data_summary["truncation"] = fit_max_length(config, model, train_ds, data_summary.get("teacher_max_length"))
     evaluator = make_evaluator(config)
 
     # 4. Output folder: the global main process binds it and moves broken checkpoints aside before the others look.
@@ -105,14 +104,61 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
     return record.to_dict()
 
 
+def backbone_limit(model: Any) -> int:
+    """The most tokens the student's backbone can read: its position embeddings (a saved student's tokenizer
+    may carry the shorter length it was trained at), else the length it was loaded with."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    return int(positions) if isinstance(positions, int) and positions > 0 else int(model.max_seq_length)
+
+
+def fit_max_length(config: TrainConfig, model: Any, train_ds: Any,
+                   teacher_max_length: int | None = None) -> dict[str, Any]:
+    """Set the student's max length when the recipe says `auto` (the training pairs' 95th percentile of token
+    lengths, rounded up to a multiple of 32, capped by the backbone and by `--max-length`); count the pairs still
+    cut at the length it trains with, warning (WARNING) when more than a quarter are. Returns the count."""
+    from ettin_cli.train import data
+
+    seed = config.training["seed"]
+    lengths, sampled = data.pair_lengths(model.tokenizer, train_ds, seed=seed)
+    chosen: dict[str, Any] = {}
+    if config.max_length == "auto":
+        limit = backbone_limit(model)
+        cap = min(limit, config.max_length_cap) if config.max_length_cap else limit
+        length = data.fitted_length(lengths, cap)
+        model.max_seq_length = length
+        capped = length == cap and data.fitted_length(lengths) > cap
+        by = ("--max-length" if config.max_length_cap and config.max_length_cap < limit else "the backbone")
+        logger.info(f"max length auto: {length:,} tokens, the {data.AUTO_PERCENTILE}th percentile of the training "
+                    f"pairs' token lengths rounded up to a multiple of {data.AUTO_MULTIPLE}"
+                    + (f", capped at {cap:,} by {by}" if capped else f" (at most {cap:,}: {by})"))
+        chosen = {"auto": True, "cap": cap, "fitted": data.fitted_length(lengths)}
+    counted = data.count_cut_pairs(model.tokenizer, train_ds, model.max_seq_length, lengths=lengths,
+                                   sampled=sampled, teacher_max_length=teacher_max_length)
+    return {**counted, **chosen}
+
+
 def build_student_for(config: TrainConfig, train_ds: Any) -> Any:
-    """The student of the recipe on the config's backbone, its head started as the recipe says (CPU; the trainer
-    moves it)."""
+    """The student: a cross-encoder base continues from itself, head included (`model.head` auto or keep);
+    otherwise the recipe's new head on the base's encoder, started as the recipe says (CPU; the trainer moves it).
+    The log names which of the two it is."""
     from ettin_cli.core.hardware import Precision
-    from ettin_cli.train.student import build_student, check_unpadding, init_head
+    from ettin_cli.train.student import build_student, check_unpadding, head_plan, init_head, load_cross_encoder_base
 
     prec = Precision(config.precision["dtype"], config.precision["attn"])
-    model = build_student(config.backbone, max_length=config.max_length, precision=prec,
+    fixed_length = config.max_length if isinstance(config.max_length, int) else None
+    plan, _ = head_plan(config.backbone, config.head)
+    if plan == "keep":
+        model = load_cross_encoder_base(config.backbone, max_length=fixed_length, precision=prec,
+                                        head_activation=config.head_activation)
+        logger.info(f"student: continuing from the model's own head ({config.backbone} is a cross-encoder: "
+                    f"{', '.join(type(m).__name__ for m in model)}); model.pooling and model.head_init do not apply "
+                    "(model.head: new asks for a new head)")
+        check_unpadding(model, prec)
+        return model
+    logger.info(f"student: new head on a bare encoder ({config.backbone}"
+                + (", its own head set aside: model.head is new)" if config.head == "new" else ")"))
+    model = build_student(config.backbone, max_length=fixed_length, precision=prec,
                           seed=config.training["seed"], device="cpu", for_training=True, pooling=config.pooling)
     if config.head_init != "default":
         targets = train_ds.with_format("numpy")["label"]  # one column, read once (memory-mapped)

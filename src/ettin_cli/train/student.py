@@ -34,6 +34,12 @@ POOLING_MODES = ("cls", "mean")
 # starts at the targets' mean with small weights, so the first steps learn the order of the scores instead of
 # removing a random offset (what a short run on a small batch otherwise spends its budget on).
 HEAD_INITS = ("default", "target-mean")
+# `model.head`: `auto` keeps the head of a cross-encoder base and builds a new one on a bare encoder; `keep`
+# requires a cross-encoder base; `new` builds a new head on the base's encoder even when it has one of its own.
+HEAD_CHOICES = ("auto", "keep", "new")
+# `model.head_activation`: what a kept head whose activation is not identity (a sigmoid) gets: `refuse` (one line)
+# or `identity` (replaced, so `predict` returns the raw logit the MSE loss compares with the teacher's).
+HEAD_ACTIVATIONS = ("refuse", "identity")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -47,6 +53,95 @@ def check_base_model(base_model: str) -> str:
     if base_model.startswith((".", "/", "~")) or not _HUB_ID.match(base_model):
         raise EttinError(f"--base-model {base_model}: the path does not exist (and it is not a Hub id owner/name)")
     return base_model
+
+
+def local_model_files(base_model: str) -> Path:
+    """The folder holding `base_model`'s config files: the folder itself, or the Hub id's snapshot (only its JSON
+    files are fetched; offline, the local Hub cache answers, as `core.sources.resolve_source` decides)."""
+    from ettin_cli.core.sources import resolve_source
+
+    source = resolve_source(base_model, option="--base-model", offline_hint="--base-model DIR (a local copy)")
+    if source.is_local:
+        return Path(source.path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.repo_id, allow_patterns=["*.json"]))
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: one line either way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EttinError(f"--base-model {base_model}: cannot read its config files ({first[:200]})") from None
+
+
+def is_cross_encoder(folder: Path) -> bool:
+    """Whether a model folder holds a scoring head of its own, from its files alone: a Sentence Transformers
+    CrossEncoder config, a modules.json whose last module writes `scores`, or a transformers
+    *ForSequenceClassification config (the head of the released cross-encoders of earlier versions)."""
+    import json
+
+    from ettin_cli.label.fit import folder_kind
+
+    kind, _ = folder_kind(folder)
+    if kind == "cross-encoder":
+        return True
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        last = json.loads((folder / modules[-1]["path"] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    return last.get("module_output_name") == "scores"
+
+
+def head_plan(base_model: str, head: str) -> tuple[str, Path]:
+    """`keep` (continue from the base's own head) or `new` (a new head on its encoder), and the local folder.
+
+    `auto` keeps the head of a cross-encoder base; `keep` on a bare encoder is refused (there is no head to keep).
+    """
+    if head not in HEAD_CHOICES:
+        raise EttinError(f"model.head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
+    folder = local_model_files(base_model)
+    crossencoder = is_cross_encoder(folder)
+    if head == "keep" and not crossencoder:
+        raise EttinError(f"--base-model {base_model}: model.head is keep, but it is a bare encoder without a "
+                         "scoring head (set model.head: auto or new)")
+    return ("keep" if crossencoder and head != "new" else "new"), folder
+
+
+def load_cross_encoder_base(base_model: str, *, max_length: int | None, precision: Precision,
+                            head_activation: str = "refuse", device: str = "cpu") -> CrossEncoder:
+    """A cross-encoder base as the student: the whole model, its trained head included, to continue training.
+
+    Its head must fit the recipe's target: one output (a raw score), and an identity activation; a sigmoid (or
+    any other) activation would squash `predict` against raw-logit targets, so it is refused in one line unless
+    `head_activation` is `identity` (then replaced). `max_length=None` keeps the model's own.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    if head_activation not in HEAD_ACTIVATIONS:
+        raise EttinError(f"model.head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, "
+                         f"got {head_activation!r}")
+    if max_length is not None and max_length < 8:
+        raise EttinError(f"--max-length must be at least 8 tokens, got {max_length}")
+    try:
+        model = CrossEncoder(base_model, device=device, max_length=max_length,
+                             model_kwargs=model_kwargs_for(precision, for_training=True))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EttinError(f"--base-model {base_model}: could not load it as a cross-encoder ({first})") from None
+    outputs = getattr(model, "num_labels", 1)
+    if outputs != 1:
+        raise EttinError(f"--base-model {base_model}: its head has {outputs} outputs; the recipe trains one raw "
+                         "score (set model.head: new for a new head on its encoder)")
+    activation = model.activation_fn
+    if not isinstance(activation, torch.nn.Identity):
+        name = type(activation).__name__
+        if head_activation != "identity":
+            raise EttinError(f"--base-model {base_model}: its activation is {name}, which would squash the "
+                             "teacher's raw-logit targets; set model.head_activation: identity in the recipe to "
+                             "train its raw logits")
+        logger.info(f"head: activation {name} replaced by Identity (model.head_activation: identity)")
+        model.activation_fn = torch.nn.Identity()
+    return model
 
 
 def model_kwargs_for(precision: Precision, *, for_training: bool) -> dict[str, Any]:
