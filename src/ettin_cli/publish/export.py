@@ -29,6 +29,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,7 +180,10 @@ def export_onnx(model: Any, path: Path, opset: int) -> list[str]:
             return self.cross_encoder(dict(zip(names, tensors, strict=True)))["scores"]
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"scores": {0: "batch"}}
-    with torch.no_grad():
+    # The tracer warns where Python branches on shapes (mask padding, pooling's mask check); those branches take
+    # the same side for every padded batch, and the parity check on varied lengths proves the graph anyway.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(WholeScorer(model).eval(), tuple(sample[n] for n in names), str(path), input_names=names,
                           output_names=["scores"], dynamic_axes=axes, opset_version=opset, dynamo=False)
     return names
@@ -249,6 +253,8 @@ def calibration_pairs(model_dir: Path, spec: str | None, num_pairs: int, seed: i
     """
     sources = [spec] if spec else [str(d.get("source")) for d in ((read_training_record(model_dir) or {})
                                                                    .get("data") or []) if isinstance(d, dict)]
+    if spec and not Path(spec).exists():
+        raise EttinError(f"--calibration {spec}: no such file or folder")
     sources = [s for s in sources if s and Path(s).exists()]
     if not sources:
         raise EttinError(f"{model_dir}: no calibration pairs for openvino-int8: ettin_training.json names no local "
@@ -403,3 +409,35 @@ def read_parity(folder: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
     return data if isinstance(data, dict) else {}
+
+
+def apply_bound_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`KIND.BOUND=VALUE` (e.g. `int8.min_spearman=0.995`) over the recipe's bounds; a copy is returned."""
+    import copy
+
+    out = copy.deepcopy(recipe)
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        kind, dot, bound = key.strip().partition(".")
+        if not sep or not dot or kind not in out.get("bounds", {}):
+            raise EttinError(f"--bound {text}: expected KIND.BOUND=VALUE with KIND one of "
+                             f"{', '.join(out.get('bounds', {}))} (e.g. int8.min_spearman=0.995)")
+        try:
+            out["bounds"][kind][bound] = float(value)
+        except ValueError:
+            raise EttinError(f"--bound {text}: {value!r} is not a number") from None
+    return out
+
+
+def resolve_model(model: str, output: str | None) -> str:
+    """A local model folder as is; a Hub id downloaded to the Hub cache (then --output is required)."""
+    from ettin_cli.core.sources import resolve_source
+
+    source = resolve_source(model, option="MODEL", offline_hint="MODEL as a local model folder")
+    if source.is_local:
+        return str(source.path)
+    if output is None:
+        raise EttinError(f"MODEL {model}: a Hub model needs --output DIR (the files are not written into the cache)")
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model)
