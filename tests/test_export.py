@@ -146,7 +146,7 @@ def test_the_single_graph_runs_with_onnxruntime_alone(exported, cranfield_pairs)
 def test_a_failing_parity_refuses_the_export_and_writes_nothing(student, small_recipe, cranfield_dir, tmp_path,
                                                                capsys):
     out = tmp_path / "out"
-    code, _, err = run_cli(["export", str(student), "--output", str(out), "--formats", "onnx,openvino",
+    code, _, err = run_cli(["export", str(student), "--output", str(out), "--formats", "onnx,onnx-o1",
                             "--check-data", str(cranfield_dir), "--recipe", str(small_recipe),
                             "--bound", "fp32.max_abs_diff=1e-12"], capsys)
     assert code == 1
@@ -176,3 +176,30 @@ def test_a_missing_extra_names_the_install(student, monkeypatch, capsys):
     code, _, err = run_cli(["export", str(student), "--formats", "onnx,openvino"], capsys)
     assert code == 2
     assert err.strip() == 'error: ettin export needs openvino: pip install "ettin-cli[export]"'
+
+
+def test_bench_backends_times_each_export_on_the_same_pairs(exported, cranfield_dir, tmp_path, capsys):
+    from ettin_cli.label.exported import ExportedCrossEncoder
+    from ettin_cli.measure.bench import bench_pairs
+
+    out = tmp_path / "bench"
+    code, stdout, err = run_cli(["bench", str(exported), "--backend", "torch,onnx,onnx-int8,openvino", "--data",
+                                 str(cranfield_dir), "--num-pairs", "24", "--batch-size", "8", "--passes", "1",
+                                 "--output", str(out)], capsys)
+    assert code == 0, err
+    report = json.loads((out / "bench.json").read_text())
+    rows = {r["backend"]: r for r in report["results"]}
+    assert list(rows) == ["torch", "onnx", "onnx-int8", "openvino"]
+    assert rows["onnx-int8"]["file"] == f"onnx/model_qint8_{ISA}.onnx"
+    assert rows["torch"]["speedup_vs_torch"] == 1.0
+    for name, row in rows.items():
+        assert row["pairs"] == 24 and row["pairs_per_second"] > 0 and row["peak_memory_mb"] > 0, name
+        assert row["speedup_vs_torch"] == pytest.approx(row["pairs_per_second"] / rows["torch"]["pairs_per_second"])
+    assert rows["torch"]["parity"]["max_abs_diff"] <= 1e-6  # the same model; batches padded differently
+    assert rows["onnx"]["parity"]["max_abs_diff"] <= 1e-4 and rows["openvino"]["parity"]["max_abs_diff"] <= 1e-4
+    # The int8 row's figure is the int8 file's own disagreement on these pairs.
+    pairs = bench_pairs(cranfield_dir, 24, seed=0)
+    onnx = ExportedCrossEncoder(exported, "onnx/model.onnx").predict(pairs)
+    int8 = ExportedCrossEncoder(exported, f"onnx/model_qint8_{ISA}.onnx").predict(pairs)
+    assert rows["onnx-int8"]["parity"]["max_abs_diff"] == pytest.approx(float(abs(int8 - onnx).max()), abs=1e-4)
+    assert "onnx-int8" in stdout and "x torch" in stdout
