@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
+from test_push import ORG, parse_dry_run, run_push, training_record
+from test_push import hub_server as hub_server  # noqa: F401  (the stand-in Hub fixtures of test_push)
+from test_push import stand_in as stand_in_hub
 
 ISA = "avx2"
 FORMATS = "onnx,onnx-o2,onnx-int8,openvino,openvino-int8"
@@ -46,9 +49,9 @@ def student(tiny_student_path, cranfield_pairs_parquet, tmp_path_factory) -> Pat
 
     out = tmp_path_factory.mktemp("run") / "final"
     shutil.copytree(tiny_student_path, out)
-    write_json_atomic(out / "ettin_training.json", {
-        "size": "17m", "base_model": "tiny", "teacher": "tiny-teacher", "max_length": 512, "train_rows": 160,
-        "data": [{"source": str(cranfield_pairs_parquet), "kind": "files", "rows": 160}]})
+    record = training_record("tiny-modernbert")  # what `ettin train` writes, as test_push replicates it
+    record["data"] = [{"source": str(cranfield_pairs_parquet), "kind": "files", "rows": 160}]
+    write_json_atomic(out / "ettin_training.json", record)
     return out
 
 
@@ -207,3 +210,36 @@ def test_bench_backends_times_each_export_on_the_same_pairs(exported, cranfield_
     assert rows["onnx-int8"]["parity"]["max_abs_diff"] == pytest.approx(float(abs(int8 - reference).max()),
                                                                          abs=1e-5)
     assert "onnx-int8" in stdout and "x torch" in stdout
+
+
+stand_in = stand_in_hub
+
+
+def test_push_uploads_the_exports_in_the_model_commit_and_cards_them(exported, stand_in, tmp_path, cranfield_pairs):
+    from ettin_cli.label.exported import ExportedCrossEncoder
+
+    repo = f"{ORG}/ettin-reranker-17m-v1"
+    dry = run_push([str(exported), "--repo-id", repo, "--dry-run"], stand_in, tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    sizes, _, _, card = parse_dry_run(dry.stdout)
+    for rel in [*FILES, "onnx/parity.json", "openvino/parity.json", "openvino/openvino_model.bin",
+                "openvino/openvino_model_qint8_quantized.bin", "model.safetensors"]:
+        assert sizes[rel] == (exported / rel).stat().st_size, rel
+    assert "## Exported models (ONNX / OpenVINO)" in card
+    parity = {**json.loads((exported / "onnx/parity.json").read_text())["exports"],
+              **json.loads((exported / "openvino/parity.json").read_text())["exports"]}
+    for row in parity.values():
+        line = next(x for x in card.splitlines() if x.startswith(f"| `{row['file']}` |"))
+        assert f"{row['parity']['max_abs_diff']:.2e}" in line and f"{row['pairs_per_second']:,.1f}" in line
+    assert f'ExportedCrossEncoder("{repo}", "onnx/model.onnx")' in card
+    assert card.count("ettin-export:start") == 1
+
+    result = run_push([str(exported), "--repo-id", repo], stand_in, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (commit,) = [c for c in stand_in.commits_to(repo) if c.summary != "initial commit"]
+    assert set(commit.files) == set(sizes)  # the exports went up in the model's one commit
+    clone = stand_in.materialize(repo, tmp_path / "clone")
+    pairs = [(r["query"], r["document"]) for r in cranfield_pairs[:8]]
+    for rel in ("onnx/model.onnx", "openvino/openvino_model.xml"):
+        pushed = ExportedCrossEncoder(clone, rel).predict(pairs)
+        assert pushed == pytest.approx(ExportedCrossEncoder(exported, rel).predict(pairs), abs=1e-6)

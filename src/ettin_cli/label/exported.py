@@ -88,11 +88,23 @@ def _activation(model_dir: Path) -> Callable[[Any], Any]:
                      "(Identity or Sigmoid)")
 
 
+def _local_copy(model: str | Path, file: str) -> Path:
+    """A local model folder as is; a Hub id (`org/name`) fetched with huggingface_hub: tokenizer, configs, `file`."""
+    path = Path(model)
+    if path.is_dir() or Path(file).is_absolute() or str(model).count("/") != 1 or str(model).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", file] + ([file[:-4] + ".bin"] if file.endswith(".xml") else [])
+    return Path(snapshot_download(str(model), allow_patterns=patterns))
+
+
 class ExportedCrossEncoder:
     """A CrossEncoder-shaped scorer over one exported graph (`onnx/*.onnx` or `openvino/*.xml`).
 
-    `model_dir` is the model folder (tokenizer files at its top); `file` is the graph inside it, relative
-    (`onnx/model.onnx`) or absolute. The backend follows the file's suffix.
+    `model_dir` is the model folder (tokenizer files at its top) or a Hub id (only the tokenizer, configs and
+    `file` are downloaded); `file` is the graph inside it, relative (`onnx/model.onnx`) or absolute. The backend
+    follows the file's suffix.
     """
 
     format = "exported"
@@ -101,7 +113,7 @@ class ExportedCrossEncoder:
                  max_length: int | None = None, threads: int | None = None) -> None:
         import numpy as np
 
-        self.model_dir = Path(model_dir)
+        self.model_dir = _local_copy(model_dir, str(file))
         path = Path(file)
         self.path = path if path.is_absolute() else self.model_dir / path
         if not self.path.is_file():

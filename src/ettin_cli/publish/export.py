@@ -42,12 +42,12 @@ from ettin_cli.core.files import write_json_atomic
 from ettin_cli.core.recipes import read_yaml, recipes_dir
 from ettin_cli.label.exported import GRAPH_INPUTS, ONNX_DIR, OPENVINO_DIR, ExportedCrossEncoder, load_tokenizer
 from ettin_cli.measure.parity import ParityError, bound_violations, load_check_set, ndcg_at_10, parity_figures
+from ettin_cli.publish.export_card import PARITY_FILE, read_parity
 from ettin_cli.publish.hub import read_training_record
 
 FORMATS = ("onnx", "onnx-o1", "onnx-o2", "onnx-o3", "onnx-int8", "openvino", "openvino-int8")
 DEFAULT_FORMATS = ("onnx", "onnx-o3", "onnx-int8", "openvino", "openvino-int8")
 ISAS = ("avx512_vnni", "avx512", "avx2", "arm64")
-PARITY_FILE = "parity.json"
 INSTALL_HINT = 'pip install "ettin-cli[export]"'
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
 
@@ -395,20 +395,6 @@ def _move_into_place(tmp: Path, out_dir: Path, formats: Sequence[str], isa: str,
             rows = {**{f: r for f, r in earlier.get("exports", {}).items() if (out_dir / r["file"]).is_file()},
                     **rows}
             write_json_atomic(out_dir / folder / PARITY_FILE, {**record, "exports": rows})
-
-
-def read_parity(folder: Path) -> dict[str, Any]:
-    """`FOLDER/parity.json` written by `ettin export` ({} when absent)."""
-    import json
-
-    path = folder / PARITY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def apply_bound_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

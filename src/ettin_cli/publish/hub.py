@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from ettin_cli import __version__
 from ettin_cli.core.console import logger, progress
 from ettin_cli.core.errors import EttinError
+from ettin_cli.publish.export_card import with_export_section
 
 REPO_TYPES = ("model", "dataset")
 DEFAULT_LICENSE = "apache-2.0"
@@ -294,6 +295,10 @@ def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool =
             note = "regenerated from ettin_training.json, replacing the folder's README.md"
         else:
             note = "the card `ettin train` wrote, with the repo id filled in"
+    # `ettin export` files (onnx/, openvino/) go up with the model; the card lists them with their parity.
+    with_exports = with_export_section(card, folder, repo_id)
+    if with_exports != card:
+        card, note = with_exports, f"{note}; exports section from onnx/ and openvino/ parity.json"
     card_bytes = card.encode("utf-8")
     _card_metadata(card, str(existing))
     # The model check comes last: it is the slow one (imports torch, loads the weights).
