@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 HELP = (
-    "Export a reranker (the whole scorer: encoder, pooling and head, raw score out) to ONNX and OpenVINO, in the "
-    "files Sentence Transformers loads from a model repo: onnx/model.onnx, onnx/model_O3.onnx, "
+    "Export a reranker to ONNX and OpenVINO files, quantized and proven equal to the PyTorch model.\n\n"
+    "The whole scorer (encoder, pooling and head, raw score out) is one graph, in the files Sentence "
+    "Transformers loads from a model repo: onnx/model.onnx, onnx/model_O3.onnx, "
     "onnx/model_qint8_<isa>.onnx, openvino/openvino_model.xml, openvino/openvino_model_qint8_quantized.xml.\n\n"
     "Each file is scored on held-out pairs beside the PyTorch fp32 model (--check-data: a BEIR folder's BM25 "
     "top-k, or a query/document file; default: the bundled demo collection's test queries): max |score diff|, "

@@ -355,7 +355,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
             logger.info(f"{fmt}: {rel} max|diff| {figures['max_abs_diff']:.2e}, Spearman {figures['spearman']:.5f}"
                         f"{drop}, "
                         f"{speed:,.1f} pairs/s ({'ok' if not violations else 'FAILS ' + '; '.join(violations)})")
-        record = {"ettin_cli": __version__, "model": str(model_dir), "isa": isa, "opset": int(recipe["opset"]),
+        record = {"ettin_cli": __version__, "config": {**config.to_dict(), "formats": formats, "isa": isa},
+                  "model": str(model_dir), "isa": isa, "opset": int(recipe["opset"]),
                   "inputs": input_names, "check_data": check.source, "check_pairs": len(check.pairs),
                   "calibration": calibration_source, "calibration_pairs": len(calibration) or None,
                   "reference": {"backend": "torch fp32", "pairs_per_second": ref_speed, "ndcg@10": ref_ndcg},
