@@ -38,8 +38,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def model_max_length(model_dir: str | Path) -> int:
-    """The token cap `CrossEncoder` applies: the tokenizer's `model_max_length`, capped by the positions."""
+    """The token cap `CrossEncoder` applies: `max_seq_length` of sentence_bert_config.json when saved, else the
+    tokenizer's `model_max_length` capped by the model's positions."""
     folder = Path(model_dir)
+    st_cap = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(st_cap, int) and st_cap > 0:  # Sentence Transformers' own setting wins when it is saved
+        return st_cap
     tok = _read_json(folder / "tokenizer_config.json")
     config = _read_json(folder / "config.json")
     limits = [int(v) for v in (tok.get("model_max_length"), config.get("max_position_embeddings"))
