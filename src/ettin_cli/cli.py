@@ -17,7 +17,7 @@ from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
-COMMAND_MODULES = ["env", "doctor", "mine", "score", "select", "mix", "train", "eval", "bench", "push"]
+COMMAND_MODULES = ["env", "doctor", "mine", "score", "select", "mix", "train", "eval", "bench", "export", "push"]
 
 app = typer.Typer(
     name="ettin",
@@ -91,7 +91,8 @@ for _command in app.registered_commands:
 # Each command's page of the documentation, named on the last line of its `--help` (paths from the repository root).
 DOC_PAGES = {"env": "README.md#set-up-two-commands-on-a-fresh-machine", "doctor": "docs/doctor.md",
              "mine": "docs/data.md", "score": "docs/score.md", "select": "docs/data.md", "mix": "docs/data.md",
-             "train": "docs/train.md", "eval": "docs/eval.md", "bench": "docs/bench.md", "push": "docs/push.md"}
+             "train": "docs/train.md", "eval": "docs/eval.md", "bench": "docs/bench.md", "push": "docs/push.md",
+             "export": "docs/export.md"}
 for _command in app.registered_commands:
     if _command.name in DOC_PAGES and not _command.epilog:
         _command.epilog = f"Docs: {DOC_PAGES[_command.name]}"

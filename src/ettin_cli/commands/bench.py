@@ -21,7 +21,11 @@ HELP = (
     '  ettin bench out/17m/final --ablation --data nanobeir:nq\n\n'
     '  ettin bench mixedbread-ai/mxbai-rerank-large-v2 --format mxbai-v2 --num-pairs 1024\n\n'
     '  ettin bench out/17m/final --data ../shared/data/cranfield --device cpu --max-batch-size 64\n\n'
-    '  ettin bench out/17m/final --dtype float32 --dtype bfloat16 --attn sdpa --padding both\n'
+    '  ettin bench out/17m/final --dtype float32 --dtype bfloat16 --attn sdpa --padding both\n\n'
+    '  ettin bench out/17m/final --backend torch,onnx,onnx-int8,openvino,openvino-int8   # after ettin export\n\n'
+    'With --backend, each backend of an `ettin export`ed folder (PyTorch fp32, then its ONNX / OpenVINO files) is '
+    'timed on the same pairs on CPU, with peak RSS, the speed-up over PyTorch and the parity of its scores to '
+    'PyTorch on those pairs (max |diff|, Spearman; NDCG@10 change from the export\'s check).\n'
 )
 
 
@@ -61,6 +65,9 @@ def bench_command(
     output: Path = typer.Option(Path("bench"), "--output", "-o", help="Output folder for bench.json and "
                                 "bench.png."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    backend: str | None = typer.Option(None, "--backend", help="Compare runtimes of exported models (CPU): "
+                                       "comma-separated torch, onnx, onnx-o1..onnx-o3, onnx-int8, openvino, "
+                                       "openvino-int8."),
 ) -> None:
     import json
     import sys
@@ -84,6 +91,10 @@ def bench_command(
         raise EttinError(f"--max-batch-size ({max_batch}) is below --start-batch-size ({start_batch})")
     if memory_limit_gb is not None and memory_limit_gb <= 0:
         raise EttinError(f"--memory-limit-gb must be positive, got {memory_limit_gb}")
+    if backend is not None:
+        _bench_backends(models, backend, data, num_pairs, seed, passes, start_batch, max_batch, memory_limit_gb,
+                        batch_size, max_length, output, as_json)
+        return
     dev = resolve_device(device)
     settings = plan_settings(dev, dtypes, attns, padding, ablation)
     pairs = bench_pairs(data, num_pairs, seed=seed)
@@ -103,3 +114,30 @@ def bench_command(
         out.print(lengths_table(report))
         out.print(bench_table(report))
     logger.info("wrote %s%s", json_path, f" and {png_path}" if png_path else "")
+
+
+def _bench_backends(models: list[str], backend: str, data: str, num_pairs: int, seed: int, passes: int,
+                    start_batch: int, max_batch: int | None, memory_limit_gb: float | None, batch_size: int | None,
+                    max_length: int | None, output: Path, as_json: bool) -> None:
+    """`--backend`: PyTorch vs the exported files of each model, on the same pairs (measure/backends.py)."""
+    import json
+    import sys
+
+    from ettin_cli.core.console import logger
+    from ettin_cli.measure.backends import backend_table, parse_backends, run_backend_bench, write_backend_bench
+    from ettin_cli.measure.bench import bench_pairs, default_memory_limit
+
+    chosen = parse_backends(backend)
+    pairs = bench_pairs(data, num_pairs, seed=seed)
+    limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else default_memory_limit()
+    report = run_backend_bench(models, pairs, chosen, passes=passes, start_batch=start_batch, max_batch=max_batch,
+                               memory_limit=limit, batch_size=batch_size, max_length=max_length)
+    report.update({"data": data, "seed": seed})
+    path = write_backend_bench(report, output)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 200).print(backend_table(report))
+    logger.info("wrote %s", path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.publish.export_card import with_export_section
 from ettin_cli.publish.plan import CARD_NAME, PlannedFile, UploadPlan, card_metadata, validate_repo_id
 from ettin_cli.publish.training_record import TRAINING_RECORD, TrainingRecord
 
@@ -101,6 +102,10 @@ def plan_model_push(model_dir: str | Path, repo_id: str, *, replace_card: bool =
             note = "regenerated from ettin_training.json, replacing the folder's README.md"
         else:
             note = "the card `ettin train` wrote, with the repo id filled in"
+    # `ettin export` files (onnx/, openvino/) go up with the model; the card lists them with their parity.
+    with_exports = with_export_section(card, folder, repo_id)
+    if with_exports != card:
+        card, note = with_exports, f"{note}; exports section from onnx/ and openvino/ parity.json"
     card_metadata(card, str(existing))
     # The model check comes last: it is the slow one (imports torch, loads the weights).
     parameters = None
