@@ -37,7 +37,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 start=$(date +%s)
 
-step "1/7 mine: BM25 top-$TOP_K candidates for the 120 training queries of the demo corpus -> $OUT/mined"
+step "1/7 mine: BM25 top-$TOP_K candidates for the 90 training queries of the demo corpus -> $OUT/mined"
 run "$ETTIN" mine --corpus "$DATA" --split train --top-k "$TOP_K" --output "$OUT/mined"
 
 step "2/7 score: the teacher (all-MiniLM-L6-v2, cosine) labels every candidate -> $OUT/scored"
@@ -47,21 +47,22 @@ step "3/7 select: per query the teacher's top 8 + 8 sampled from ranks 8-31 -> $
 run "$ETTIN" select "$OUT/scored" --output "$OUT/selected" --keep "$TOP_K" --hard 4 --head 8 --band-count 8 \
   --band "8:$TOP_K"
 
-step "4/7 held-out pairs for the eval loss (MSE to the teacher): the 40 test queries -> $OUT/heldout"
-run "$ETTIN" mine --corpus "$DATA" --split test --top-k 16 --output "$OUT/heldout-mined"
+step "4/7 held-out pairs for the eval loss (MSE to the teacher): the 30 dev queries -> $OUT/heldout"
+run "$ETTIN" mine --corpus "$DATA" --split dev --top-k 16 --output "$OUT/heldout-mined"
 run "$ETTIN" score "$OUT/heldout-mined" --teacher "$TEACHER" --teacher-format bi-encoder --output "$OUT/heldout"
 
 # The student trains on every scored candidate (32 per query), not only the selected 16: at this CPU scale more
 # distinct pairs, spread like the BM25 top-30 it reranks, learn the teacher's order better (bench_distill: q-all-16).
+# The dev queries pick the checkpoint (--eval-split dev); the test queries only report (step 6).
 step "5/7 train: recipes/demo.yaml, MSE on the teacher's scores of all candidates -> $OUT/student (initial/, final/)"
 run "$ETTIN" train --recipe recipes/demo.yaml --base-model "$TEACHER" --data "$OUT/scored" \
-  --validation-data "$OUT/heldout" --eval-data "$DATA" --output-dir "$OUT/student" --save-initial \
+  --validation-data "$OUT/heldout" --eval-data "$DATA" --eval-split dev --output-dir "$OUT/student" --save-initial \
   ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 
-step "6/7 eval: teacher, student before and after, and BM25 alone, on held-out queries -> $OUT/eval"
+step "6/7 eval: teacher, student before and after, and BM25 alone, on the test queries -> $OUT/eval"
 run "$ETTIN" eval "$TEACHER" "$OUT/student/initial" "$OUT/student/final" \
   --format bi-encoder --format cross-encoder --format cross-encoder \
-  "${EVAL_DATA[@]}" --top-k 30 "${EVAL_ARGS[@]}" --reference 1 --output "$OUT/eval"
+  "${EVAL_DATA[@]}" --split test --top-k 30 "${EVAL_ARGS[@]}" --reference 1 --output "$OUT/eval"
 
 step "7/7 push --dry-run: what would be uploaded to the Hub (nothing is contacted)"
 run "$ETTIN" push "$OUT/student/final" --repo-id ettin-demo/ettin-reranker-demo-v1 --dry-run

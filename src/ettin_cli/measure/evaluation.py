@@ -307,6 +307,7 @@ def compare_models(
     reference: int | None = None,
     max_queries: int | None = None,
     instruction: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate every model on the same first-stage candidates; the retriever alone is the first entry.
 
@@ -342,7 +343,7 @@ def compare_models(
                          "no MODEL is one")
     if max_queries is not None and max_queries < 1:
         raise EttinError(f"--max-queries must be at least 1, got {max_queries}")
-    datasets, known = load_eval_data(data, top_k=top_k)
+    datasets, known = load_eval_data(data, top_k=top_k, split=split)
     datasets = [ds.first_queries(max_queries) for ds in datasets]
     retriever_name = "bm25" if retriever.lower() == "bm25" else str(retriever)
     if retriever_name != "bm25":
@@ -393,6 +394,7 @@ def compare_models(
         "metrics": metric_names(top_k),
         "retriever": retriever_name,
         "max_queries": max_queries,
+        "split": split,  # the qrels split of BEIR folders: the one a training run's checkpoint choice must not use
         "datasets": {ds.name: {"queries": len(ds.judged_queries), "documents": len(ds.corpus)} for ds in datasets},
         "results": entries,
     }

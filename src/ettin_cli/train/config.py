@@ -251,7 +251,8 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
 
     known = {"data", "validation_data", "query_column", "document_column", "score_column", "base_model",
              "output_dir", "max_steps", "learning_rate", "global_batch_size", "per_device_batch_size", "max_length",
-             "eval_data", "eval_top_k", "eval_max_queries", "seed", "dataloader_workers", "cache_dir", "resume",
+             "eval_data", "eval_split", "eval_top_k", "eval_max_queries", "seed", "dataloader_workers", "cache_dir",
+             "resume",
              "save_initial", "eval_steps", "save_steps"}
     if set(overrides) - known:
         raise TypeError(f"unknown overrides: {sorted(set(overrides) - known)}")
@@ -353,10 +354,16 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     top_k = _positive("--eval-top-k", opt.get("eval_top_k", evaluation.get("top_k", 100)))
     _positive("--eval-max-queries", opt.get("eval_max_queries"))
     if opt.get("eval_data"):
-        bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]]}
+        split = str(opt.get("eval_split") or "test")
+        if not split.strip() or "/" in split:
+            raise EttinError(f"--eval-split must name a qrels file (qrels/SPLIT.tsv), got {split!r}")
+        bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]],
+                 "split": split}
     else:
         from ettin_cli.measure.eval_data import NANOBEIR_SETS
 
+        if opt.get("eval_split"):
+            raise EttinError("--eval-split applies to --eval-data BEIR folders (NanoBEIR has one split)")
         bench = {"benchmark": "nanobeir", "datasets": list(NANOBEIR_SETS)}
     primary = primary_metric_name(bench["benchmark"], top_k)
     training.setdefault("metric_for_best_model", f"eval_{primary}")

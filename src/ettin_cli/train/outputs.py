@@ -72,7 +72,10 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
         "evaluation": {"benchmark": "NanoBEIR" if config.evaluation["benchmark"] == "nanobeir" else "BEIR",
                        "datasets": [Path(d).name for d in config.evaluation["datasets"]],
                        "retriever": "BM25", "top_k": config.evaluation["top_k"], "metric": "NDCG@10",
-                       "max_queries": config.evaluation["max_queries"]},
+                       "max_queries": config.evaluation["max_queries"],
+                       # the qrels split that picked the checkpoint: a report on another split is not selected on
+                       **({"split": config.evaluation.get("split", "test")}
+                          if config.evaluation["benchmark"] == "beir" else {})},
         "metrics": {"before": metric_table(before, primary) if before else {},
                     "after": metric_table(after, primary), "best_step": best_step(state),
                     "after_eval_loss": after.get("eval_loss")},
