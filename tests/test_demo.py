@@ -23,8 +23,8 @@ def test_demo_pipeline_runs_end_to_end_and_the_student_learns_the_teachers_order
                           cwd=REPO_ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Every step says what it does and where its output went.
-    for step in range(1, 8):
-        assert f"==> {step}/7" in proc.stdout
+    for step in range(1, 9):
+        assert f"==> {step}/8" in proc.stdout
     for folder in ("mined", "scored", "selected", "heldout"):
         assert (out / folder / ".ettin" / "manifest.json").is_file(), folder
     # Only the 90 training queries are mined for training: no dev or test query leaks into the train data.
@@ -43,6 +43,10 @@ def test_demo_pipeline_runs_end_to_end_and_the_student_learns_the_teachers_order
     assert "demo_data" in record["evaluation"]["datasets"] and "demo_data" in report["datasets"]
     heldout_qids = set(pq.read_table(out / "heldout" / "part-00000.parquet").column("query_id").to_pylist())
     assert heldout_qids and not heldout_qids & split_qids[reported_on]
+    # The teacher was checked against BM25 on the dev queries before any scoring.
+    check = json.loads((out / "teacher-check" / "teacher_check.json").read_text())
+    assert check["split"] == "dev" and not check["weak"], check
+    assert proc.stdout.index("==> 2/8 check-teacher") < proc.stdout.index("==> 3/8 score")
     # The student was trained, saved before (initial/) and after (final/), evaluated against the teacher.
     entries = {e["model"]: e for e in report["results"]}
     assert [e["role"] for e in report["results"]] == ["retriever", "reranker", "reranker", "reranker"]

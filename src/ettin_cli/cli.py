@@ -17,7 +17,8 @@ from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
-COMMAND_MODULES = ["env", "doctor", "split", "mine", "score", "select", "mix", "train", "eval", "bench", "push"]
+COMMAND_MODULES = ["env", "doctor", "split", "mine", "check_teacher", "score", "select", "mix", "train", "eval",
+                   "bench", "push"]
 
 app = typer.Typer(
     name="ettin",
