@@ -57,9 +57,11 @@ def select(
     from ettin_cli.core.console import logger
     from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mixing, selection
+    from ettin_cli.io.kinds import SCORED, require_kind
     from ettin_cli.io.shards import request_verify
 
     request_verify(verify)
+    require_kind(scored, SCORED, "SCORED")
 
     data, where = mixing.load_data_recipe(recipe)
     d = mixing.section(data, "selection", where)

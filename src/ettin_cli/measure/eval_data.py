@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.io import kinds
 from ettin_cli.io.beir import BeirDataset, load_beir
 from ettin_cli.measure.retrieval import SearchResults
 
@@ -123,6 +124,7 @@ def load_eval_data(spec: str | os.PathLike[str] | BeirDataset | Sequence[Any],
             candidates.update(cands)
             continue
         root = Path(text)
+        kinds.require_kind(root, kinds.BEIR, "--data")
         if not root.is_dir():
             raise EttinError(f"--data {text}: not a directory (expected a BEIR layout folder, or 'nanobeir')")
         if (root / "corpus.jsonl").is_file():

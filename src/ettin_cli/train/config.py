@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.io import kinds
 
 # The recipe's precision names -> hardware.resolve_precision's.
 _RECIPE_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
@@ -182,6 +183,8 @@ def _source(value: str, option: str, repo_type: str) -> str:
 
     hint = "--data DIR (a local copy)" if repo_type == "dataset" else f"{option} DIR (a local copy)"
     src = resolve_source(value, option=option, offline_hint=hint, repo_type=repo_type, check_hub=False)
+    if src.is_local and repo_type == "dataset":  # a collection, a mined folder or a model is named as such
+        kinds.require_kind(src.path, kinds.SCORED, option)
     return str(src.path.resolve()) if src.is_local else value
 
 
@@ -357,6 +360,8 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         split = str(opt.get("eval_split") or "test")
         if not split.strip() or "/" in split:
             raise EttinError(f"--eval-split must name a qrels file (qrels/SPLIT.tsv), got {split!r}")
+        for folder in opt["eval_data"]:
+            kinds.require_kind(Path(folder).expanduser(), kinds.BEIR, "--eval-data")
         bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]],
                  "split": split}
     else:
