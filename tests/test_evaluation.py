@@ -330,7 +330,9 @@ def test_eval_cli_refuses_bad_input_with_one_line(case, small_beir, tiny_student
         write_beir(data, small_beir.corpus, small_beir.queries, None)
         expected = "qrels file not found"
     elif case == "empty queries":
-        write_beir(data, small_beir.corpus, {**small_beir.queries, "999": "   "}, small_beir.qrels)
+        # a judged empty query (an unjudged one is left out with the other unjudged queries)
+        write_beir(data, small_beir.corpus, {**small_beir.queries, "999": "   "},
+                   {**small_beir.qrels, "999": {next(iter(small_beir.corpus)): 1}})
         expected = "empty queries"
     elif case == "unknown model":
         write_beir(data, small_beir.corpus, small_beir.queries, small_beir.qrels)
