@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
-from ettin_cli.core.files import write_json_atomic, write_text_atomic
+from ettin_cli.core.files import current_umask, write_json_atomic, write_text_atomic
 from ettin_cli.io.beir import iter_jsonl_rows
 
 SPLITS = ("train", "dev", "test")
@@ -179,7 +179,6 @@ def split_collection(source: str | os.PathLike[str], output: str | os.PathLike[s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, 0o755)
         (tmp / "qrels").mkdir()
         how = {name: _link_or_copy(src / name, tmp / name) for name in ("corpus.jsonl", "queries.jsonl")}
         for name in SPLITS:
@@ -191,6 +190,7 @@ def split_collection(source: str | os.PathLike[str], output: str | os.PathLike[s
                   "queries": {name: len(ids) for name, ids in plan.items()},
                   "files": how, "query_ids": plan}
         write_json_atomic(tmp / RECORD, record)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700: the working copy is as readable as any output
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

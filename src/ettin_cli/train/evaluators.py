@@ -74,10 +74,20 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
     return BeirRerankEvaluator()
 
 
+def require_nanobeir() -> None:
+    """Offline (or no route to the Hub) and not cached: one line within a second, not the Hub client's retries."""
+    from ettin_cli.core.sources import resolve_source
+    from ettin_cli.measure.eval_data import NANOBEIR_ID
+
+    resolve_source(NANOBEIR_ID, option="the default evaluation (NanoBEIR)", repo_type="dataset",
+                   offline_hint="--eval-data DIR (a BEIR folder; `ettin split` makes its dev split)")
+
+
 def make_nanobeir_evaluator(names: list[str], *, top_k: int, batch_size: int):
     """The online evaluator of the recipe: all 13 NanoBEIR sets, BM25 top-k, positives not forced in (Hub data)."""
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
 
+    require_nanobeir()
     try:
         return CrossEncoderNanoBEIREvaluator(dataset_names=list(names), rerank_k=top_k, at_k=10,
                                              always_rerank_positives=False, batch_size=batch_size)

@@ -13,13 +13,17 @@ from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
-from ettin_cli.core.files import write_json_atomic, write_text_atomic
+from ettin_cli.core.files import apply_umask, write_json_atomic, write_text_atomic
 from ettin_cli.train.checkpoints import CHECKPOINT_RE, TRAINING_RECORD
 from ettin_cli.train.config import TrainConfig
 from ettin_cli.train.evaluators import metric_table
 
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
+FINAL_TMP = ".final.tmp"
+# In OUT/.final.tmp/ once the final model is saved: what the other outputs are made from, so that a run interrupted
+# while writing them is finished by a rerun (`finish_pending`) instead of retraining or passing for complete.
+PENDING_FILE = "pending_outputs.json"
 
 
 def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[dict[str, Any]],
@@ -127,6 +131,7 @@ def save_model_atomic(model: Any, path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save(str(tmp))
+        apply_umask(tmp)  # mkdtemp's 0700 and the library's 0600 weights: readable like every other output
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,13 +140,35 @@ def save_model_atomic(model: Any, path: Path) -> None:
 
 def save_final(trainer: Any, out: Path, record: dict[str, Any], history: list[dict[str, Any]],
                after: dict[str, Any]) -> None:
-    """`OUT/final/` (model, record, card) written whole under a temporary name, then metrics and curves."""
-    final_tmp = out / ".final.tmp"
+    """The final model into `OUT/.final.tmp/`, with what the other outputs are made from; then those outputs.
+
+    The completion mark (`final/ettin_training.json`, which `check_output_dir` and the Makefile read) appears last:
+    `OUT/final/` is the temporary folder renamed once the card, metrics.json and the curves are written.
+    """
+    final_tmp = out / FINAL_TMP
     if final_tmp.exists():
         shutil.rmtree(final_tmp)
     trainer.save_model(str(final_tmp))
-    write_outputs(out, final_tmp, record, history, after,
+    apply_umask(final_tmp)  # model.safetensors comes 0600 from the library's temp file; 0644 like every output
+    write_json_atomic(final_tmp / PENDING_FILE, {"record": record, "history": history, "after": after})
+    finish_pending(out)
+
+
+def has_pending(out: Path) -> bool:
+    """True when a run saved its final model but was interrupted before its last output."""
+    return (out / FINAL_TMP / PENDING_FILE).is_file()
+
+
+def finish_pending(out: Path) -> dict[str, Any]:
+    """Write the outputs of a saved final model (card, metrics, curves, then the record and `final/`); the record."""
+    import json
+
+    final_tmp = out / FINAL_TMP
+    state = json.loads((final_tmp / PENDING_FILE).read_text(encoding="utf-8"))
+    record = state["record"]
+    write_outputs(out, final_tmp, record, state["history"], state["after"],
                   record["config"]["evaluation"]["primary_metric"])
+    return record
 
 
 def final_evaluation(trainer: Any, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -203,14 +230,11 @@ def training_rates(history: list[dict[str, Any]], global_batch: int) -> dict[str
 
 def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: list[dict[str, Any]],
                    after: dict[str, Any], primary: str) -> None:
+    """Card, metrics.json and curves, then the record, then `final/`: the completion mark is the last thing written."""
     from ettin_cli.publish.model_card import render_model_card
 
-    write_json_atomic(final_tmp / TRAINING_RECORD, record)
     write_text_atomic(final_tmp / "README.md", render_model_card(record))
     final = out / "final"
-    if final.exists():
-        shutil.rmtree(final)  # a leftover from a crash between these two lines; the run rewrites it whole
-    final_tmp.rename(final)
 
     losses = [{k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "samples_per_second",
                                  "tokens_per_second", "tokens_seen") if k in h} for h in history if "loss" in h]
@@ -232,7 +256,13 @@ def write_outputs(out: Path, final_tmp: Path, record: dict[str, Any], history: l
     write_json_atomic(out / METRICS_FILE, metrics)
     from ettin_cli.measure.charts import training_curves_chart
 
-    training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE)
+    training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE,
+                          kept_step=(record.get("final_model") or {}).get("step"))
+    write_json_atomic(final_tmp / TRAINING_RECORD, record)
+    (final_tmp / PENDING_FILE).unlink(missing_ok=True)
+    if final.exists():
+        shutil.rmtree(final)  # a leftover of an earlier layout or a crash; the run rewrites it whole
+    final_tmp.rename(final)
     if record["metrics"]["before"].get("mean") is not None and record["metrics"]["after"].get("mean") is not None:
         logger.info(f"mean NDCG@10: {record['metrics']['before']['mean']:.4f} before -> "
                     f"{record['metrics']['after']['mean']:.4f} after training")
