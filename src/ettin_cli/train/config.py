@@ -173,7 +173,7 @@ def _required(section: dict[str, Any], name: str, key: str, where: str) -> Any:
     return section[key]
 
 
-def _source(value: str, option: str, repo_type: str) -> str:
+def _source(value: str, option: str, repo_type: str, pairs: frozenset[str] = frozenset({kinds.SCORED})) -> str:
     """A local path (made absolute, so the run's identity does not depend on the working directory) or a Hub id.
 
     A value that can only be a path and does not exist is refused at once ("no such file or folder"); the Hub
@@ -184,7 +184,7 @@ def _source(value: str, option: str, repo_type: str) -> str:
     hint = "--data DIR (a local copy)" if repo_type == "dataset" else f"{option} DIR (a local copy)"
     src = resolve_source(value, option=option, offline_hint=hint, repo_type=repo_type, check_hub=False)
     if src.is_local and repo_type == "dataset":  # a collection, a mined folder or a model is named as such
-        kinds.require_kind(src.path, kinds.SCORED, option)
+        kinds.require_kind(src.path, kinds.SCORED, option, accepted=pairs)
     return str(src.path.resolve()) if src.is_local else value
 
 
@@ -345,10 +345,12 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
 
     recipe_backbone = _required(model, "model", "backbone", where)
     base_model = _source(opt.get("base_model") or recipe_backbone, "--base-model", "model")
-    sources = [_source(s, "--data", "dataset") for s in (opt.get("data") or [data.get("dataset")]) if s]
+    # With --score-column NAME the pairs' score column has a name of its own: any pairs folder may hold it.
+    pairs = frozenset({kinds.SCORED, kinds.MINED}) if opt.get("score_column") else frozenset({kinds.SCORED})
+    sources = [_source(s, "--data", "dataset", pairs) for s in (opt.get("data") or [data.get("dataset")]) if s]
     if not sources:
         raise EttinError(f"{where}: no training data: give --data or set data.dataset in the recipe")
-    validation = ([_source(s, "--validation-data", "dataset") for s in opt["validation_data"]]
+    validation = ([_source(s, "--validation-data", "dataset", pairs) for s in opt["validation_data"]]
                   if opt.get("validation_data") else None)
     columns = {"query": opt.get("query_column") or data.get("query_column", "query"),
                "document": opt.get("document_column") or data.get("document_column", "document"),
