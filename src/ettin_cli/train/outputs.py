@@ -7,6 +7,7 @@ read). Its `hyperparameters` and `evaluation` entries are the model card's table
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,14 @@ def save_final(trainer: Any, out: Path, record: dict[str, Any], history: list[di
         shutil.rmtree(final_tmp)
     trainer.save_model(str(final_tmp))
     apply_umask(final_tmp)  # model.safetensors comes 0600 from the library's temp file; 0644 like every output
-    write_json_atomic(final_tmp / PENDING_FILE, {"record": record, "history": history, "after": after})
-    finish_pending(out)
+    state = {"record": record, "history": history, "after": after}
+    # numpy scalars as numbers (not the str() that write_json_atomic falls back to): a rerun draws from these
+    write_text_atomic(final_tmp / PENDING_FILE, json.dumps(state, default=_plain) + "\n")
+    write_outputs(out, final_tmp, record, history, after, record["config"]["evaluation"]["primary_metric"])
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def has_pending(out: Path) -> bool:
@@ -161,8 +168,6 @@ def has_pending(out: Path) -> bool:
 
 def finish_pending(out: Path) -> dict[str, Any]:
     """Write the outputs of a saved final model (card, metrics, curves, then the record and `final/`); the record."""
-    import json
-
     final_tmp = out / FINAL_TMP
     state = json.loads((final_tmp / PENDING_FILE).read_text(encoding="utf-8"))
     record = state["record"]
