@@ -20,8 +20,8 @@ ETTIN := $(VENV)/bin/ettin
 STAMP := $(VENV)/.installed-$(TORCH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint demo clean mix mine lists lists-all score score-all select select-all train train-all \
-	push push-all push-data eval eval-mteb bench
+.PHONY: help install test lint demo clean mix mine lists lists-all check-teacher score score-all select select-all \
+	train train-all push push-all push-data eval eval-mteb bench
 
 # ---------------------------------------------------------------------------------------------------------
 # The production chain (GPU box or cluster). Every step writes DIR/.ettin/manifest.json when complete; make targets are
@@ -132,6 +132,16 @@ lists: need-SUBSET $(WORK)/mined/$(SUBSET)/.ettin/manifest.json ## 1b. pairs of 
 
 lists-all: $(foreach s,$(RETRIEVAL_SUBSETS),$(WORK)/mined/$(s)/.ettin/manifest.json) ## 1b. pairs of the 7 rerank_* lists
 
+# The teacher check: the teacher must rerank CHECK_DATA (dev queries: a BEIR folder's qrels/dev.tsv, or NanoBEIR)
+# better than BM25 alone by recipes/data.yaml teacher_check.min_margin, before a day of scoring with it.
+# CHECK_ARGS=--allow-weak-teacher goes on regardless. teacher_check.json is written only when the check passes.
+CHECK_DATA ?= $(EVAL_DATA)
+CHECK_ARGS ?=
+$(WORK)/teacher-check/teacher_check.json: | $(STAMP)
+	$(ETTIN) check-teacher $(TEACHER) --data $(CHECK_DATA) --output $(WORK)/teacher-check $(CHECK_ARGS)
+
+check-teacher: $(WORK)/teacher-check/teacher_check.json ## 2a. teacher vs BM25 on dev queries (runs before score-all)
+
 .SECONDEXPANSION:
 SCORE_INPUT = $(if $(or $(filter $*,$(RETRIEVAL_SUBSETS)),$(wildcard $(WORK)/mined/$*/.ettin/manifest.json)),$(WORK)/mined/$*,$(WORK)/mix/$*)
 $(WORK)/scored/%/.ettin/manifest.json: $$(SCORE_INPUT)/.ettin/manifest.json | $(STAMP)
@@ -139,7 +149,9 @@ $(WORK)/scored/%/.ettin/manifest.json: $$(SCORE_INPUT)/.ettin/manifest.json | $(
 
 score: need-SUBSET $(WORK)/scored/$(SUBSET)/.ettin/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
 
-score-all: $(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/.ettin/manifest.json) ## 2. every subset
+# The check first: make runs prerequisites in order (also with -j: score-all's scores wait for it).
+score-all: $(WORK)/teacher-check/teacher_check.json \
+	$(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/.ettin/manifest.json) ## 2. every subset
 
 $(WORK)/selected/%/.ettin/manifest.json: $(WORK)/scored/%/.ettin/manifest.json | $(STAMP)
 	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*

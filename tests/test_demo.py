@@ -23,17 +23,31 @@ def test_demo_pipeline_runs_end_to_end_and_the_student_learns_the_teachers_order
                           cwd=REPO_ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Every step says what it does and where its output went.
-    for step in range(1, 8):
-        assert f"==> {step}/7" in proc.stdout
+    for step in range(1, 9):
+        assert f"==> {step}/8" in proc.stdout
     for folder in ("mined", "scored", "selected", "heldout"):
         assert (out / folder / ".ettin" / "manifest.json").is_file(), folder
-    # Only the 120 training queries are mined for training: no held-out test query leaks into the train data.
+    # Only the 90 training queries are mined for training: no dev or test query leaks into the train data.
     train_qids = set(pq.read_table(out / "scored" / "part-00000.parquet").column("query_id").to_pylist())
-    test_qids = {line.split("\t")[0] for line in
-                 (REPO_ROOT / "src/ettin_cli/demo_data/qrels/test.tsv").read_text().splitlines()[1:]}
-    assert train_qids and not train_qids & test_qids
-    # The student was trained, saved before (initial/) and after (final/), evaluated against the teacher.
+    qrels = REPO_ROOT / "src/ettin_cli/demo_data/qrels"
+    split_qids = {name: {line.split("\t")[0] for line in (qrels / f"{name}.tsv").read_text().splitlines()[1:]}
+                  for name in ("train", "dev", "test")}
+    assert train_qids and train_qids <= split_qids["train"]
+    assert not split_qids["train"] & split_qids["dev"] and not split_qids["dev"] & split_qids["test"]
+    # Selection and report never share queries: the run record names the split that picked the checkpoint, the
+    # eval report the one it reports on; the eval-loss pairs are dev queries too.
+    record = json.loads((out / "student" / "final" / "ettin_training.json").read_text())
     report = json.loads((out / "eval" / "eval.json").read_text())
+    selected_on, reported_on = record["evaluation"]["split"], report["split"]
+    assert selected_on != reported_on and not split_qids[selected_on] & split_qids[reported_on]
+    assert "demo_data" in record["evaluation"]["datasets"] and "demo_data" in report["datasets"]
+    heldout_qids = set(pq.read_table(out / "heldout" / "part-00000.parquet").column("query_id").to_pylist())
+    assert heldout_qids and not heldout_qids & split_qids[reported_on]
+    # The teacher was checked against BM25 on the dev queries before any scoring.
+    check = json.loads((out / "teacher-check" / "teacher_check.json").read_text())
+    assert check["split"] == "dev" and not check["weak"], check
+    assert proc.stdout.index("==> 2/8 check-teacher") < proc.stdout.index("==> 3/8 score")
+    # The student was trained, saved before (initial/) and after (final/), evaluated against the teacher.
     entries = {e["model"]: e for e in report["results"]}
     assert [e["role"] for e in report["results"]] == ["retriever", "reranker", "reranker", "reranker"]
     before, after = entries["student/initial"], entries["student/final"]
@@ -42,7 +56,6 @@ def test_demo_pipeline_runs_end_to_end_and_the_student_learns_the_teachers_order
     assert agree["mse"] < 0.5 * agree["reference_variance"], agree
     assert agree["spearman"] > 0, agree
     assert (out / "eval" / "eval.png").is_file()
-    record = json.loads((out / "student" / "final" / "ettin_training.json").read_text())
     assert record["teacher"] == str(minilm_path) and record["teacher_format"] == "bi-encoder"
     assert "dry run: nothing is contacted" in proc.stdout
 

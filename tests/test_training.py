@@ -259,15 +259,35 @@ def test_online_evaluator_is_nanobeir_13_sets_top100_positives_not_forced(monkey
     """Constructed only: the Hub is unreachable, so the dataset loading is stubbed out."""
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
 
+    import ettin_cli.train.evaluators as evaluators
+
     loaded = []
     monkeypatch.setattr(CrossEncoderNanoBEIREvaluator, "_load_dataset",
                         lambda self, name, **kw: loaded.append((name, kw)) or name)
+    monkeypatch.setattr(evaluators, "require_nanobeir", lambda: None)  # the Hub check (tested below)
     cfg = resolve_config(size="17m", world_size=1, device="cpu")
     ev = make_nanobeir_evaluator(cfg.evaluation["datasets"], top_k=100, batch_size=64)
     assert len(loaded) == 13 and {"arguana", "touche2020"} <= {n for n, _ in loaded}
     assert ev.rerank_k == 100 and ev.at_k == 10 and ev.always_rerank_positives is False
     assert all(kw["always_rerank_positives"] is False for _, kw in loaded)
     assert f"{ev.name}_{ev.primary_metric}" == cfg.primary_metric
+
+
+def test_offline_default_evaluation_fails_in_a_second_before_loading_anything(tmp_path, capsys):
+    """No --eval-data on an offline machine: NanoBEIR cannot be fetched; one line naming the offline alternative,
+    within a second of starting (not the Hub client's ~23 s of retries), before the data or a model is read."""
+    import time
+
+    scored = tmp_path / "pairs.parquet"  # never read: the check comes first
+    scored.write_bytes(b"")
+    start = time.perf_counter()
+    code, _, err = run_cli(["train", "--size", "17m", "--data", str(scored), "--output-dir", str(tmp_path / "out")],
+                           capsys)
+    elapsed = time.perf_counter() - start
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert "NanoBEIR" in err and "--eval-data DIR" in err
+    assert elapsed < 1.5, f"took {elapsed:.1f}s"
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -487,6 +507,43 @@ def test_rerun_of_a_finished_run_does_nothing(trained, capsys):
 
 class Interrupt(Exception):
     pass
+
+
+def test_an_interruption_while_writing_the_outputs_is_finished_by_a_rerun_without_training(
+        test_recipe, scored, cranfield_dir, tmp_path, monkeypatch):
+    """Killed while drawing the curves (the last output before): the run is not "complete" (no final/), and the
+    rerun writes what is missing from the saved model without building a student or training again."""
+    import ettin_cli.measure.charts as charts
+    import ettin_cli.train.run as run_module
+
+    out = tmp_path / "out"
+    config = train_request(test_recipe, scored, cranfield_dir, out, max_steps=2)
+    drawn = charts.training_curves_chart
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(charts, "training_curves_chart", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config)
+    assert not (out / "final").exists() and not (out / "training_curves.png").exists()
+    monkeypatch.setattr(charts, "training_curves_chart", drawn)
+    monkeypatch.setattr(run_module, "build_student_for", lambda *a, **k: pytest.fail("the rerun trained again"))
+    record = run_training(config)
+    final = out / "final"
+    for path in (final / "ettin_training.json", final / "README.md", final / "model.safetensors",
+                 out / "metrics.json", out / "training_curves.png"):
+        assert path.is_file(), path
+    assert record == json.loads((final / "ettin_training.json").read_text(encoding="utf-8"))
+    assert not (out / ".final.tmp").exists()
+    assert run_training(config) == record  # and now it is complete: nothing to do
+    # Every file of the model folder as readable as any other output (the weights came 0600 from the library).
+    import stat
+
+    from ettin_cli.core.files import current_umask
+
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in final.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o666 & ~current_umask() and set(modes.values()) == {modes["README.md"]}
 
 
 def test_resume_after_a_crash_with_a_corrupt_last_checkpoint_ends_with_the_same_weights(

@@ -17,7 +17,8 @@ from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
 
 # Order = order in `ettin --help`; the pipeline reads top to bottom.
-COMMAND_MODULES = ["env", "doctor", "mine", "score", "select", "mix", "train", "eval", "bench", "export", "push"]
+COMMAND_MODULES = ["env", "doctor", "split", "mine", "check_teacher", "score", "select", "mix", "train", "eval",
+                   "bench", "export", "push"]
 
 app = typer.Typer(
     name="ettin",
@@ -92,10 +93,11 @@ for _command in app.registered_commands:
 DOC_PAGES = {"env": "README.md#set-up-two-commands-on-a-fresh-machine", "doctor": "docs/doctor.md",
              "mine": "docs/data.md", "score": "docs/score.md", "select": "docs/data.md", "mix": "docs/data.md",
              "train": "docs/train.md", "eval": "docs/eval.md", "bench": "docs/bench.md", "push": "docs/push.md",
-             "export": "docs/export.md"}
+             "export": "docs/export.md", "split": "docs/byo.md", "check_teacher": "docs/byo.md"}
 for _command in app.registered_commands:
-    if _command.name in DOC_PAGES and not _command.epilog:
-        _command.epilog = f"Docs: {DOC_PAGES[_command.name]}"
+    _page = DOC_PAGES.get((_command.name or "").replace("-", "_"))
+    if _page and not _command.epilog:
+        _command.epilog = f"Docs: {_page}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,6 +73,8 @@ def eval_command(
                                          "of their scores against it on the same candidates."),
     max_queries: int | None = typer.Option(None, "--max-queries", help="Only the first N judged queries of "
                                            "each dataset (a quicker, rougher look)."),
+    split: str = typer.Option("test", "--split", help="Qrels split of BEIR folders (qrels/SPLIT.tsv): test "
+                              "reports; dev is what training's --eval-split picks checkpoints on."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of tables."),
 ) -> None:
     import json
@@ -104,7 +106,7 @@ def eval_command(
     report = compare_models(models, data, formats=formats, retriever=retriever, top_k=top_k, output_dir=output,
                             device=device, dtype=dtype, attn=attn, max_length=max_length, batch_size=batch_size,
                             reference=reference, max_queries=max_queries,
-                            instruction=instruction)
+                            instruction=instruction, split=split)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:

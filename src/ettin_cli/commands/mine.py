@@ -73,6 +73,7 @@ def mine(
 ) -> None:
     from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mining, mixing
+    from ettin_cli.io.kinds import BEIR, require_kind
     from ettin_cli.io.shards import request_verify
 
     request_verify(verify)
@@ -104,6 +105,8 @@ def mine(
         batch_size=batch_size,
         device=device,
     ).validate()
+    if corpus is not None:
+        require_kind(corpus, BEIR, "--corpus")
     inputs = mining.resolve_inputs(corpus, queries, qrels, split, id_column, text_column, query_id_column,
                                    query_text_column)
     summary = mining.mine(inputs, output, options, overwrite=overwrite, num_shards=num_shards,

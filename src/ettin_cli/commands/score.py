@@ -82,7 +82,10 @@ def score(
     shard_index: int | None = typer.Option(None, "--shard-index", help="Job arrays: this worker's index in "
                                            "[0, --num-shards)."),
 ) -> None:
+    from ettin_cli.io.kinds import MINED, SCORED, require_kind
     from ettin_cli.label.scoring import ScoreJob, run_score
+
+    require_kind(input, MINED, "INPUT", accepted={MINED, SCORED})
 
     for name, value in (("--rows-per-shard", rows_per_shard), ("--limit", limit), ("--max-length", max_length),
                         ("--batch-size", batch_size), ("--max-tokens-per-batch", max_tokens_per_batch),

@@ -57,9 +57,12 @@ def select(
     from ettin_cli.core.console import logger
     from ettin_cli.core.errors import EttinError
     from ettin_cli.data import mixing, selection
+    from ettin_cli.io.kinds import MINED, SCORED, require_kind
     from ettin_cli.io.shards import request_verify
 
     request_verify(verify)
+    # A score column of another name (--score-column) is not recognised as scored: then any pairs folder goes.
+    require_kind(scored, SCORED, "SCORED", accepted={SCORED} if score_column == "score" else {SCORED, MINED})
 
     data, where = mixing.load_data_recipe(recipe)
     d = mixing.section(data, "selection", where)

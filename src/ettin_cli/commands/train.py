@@ -16,7 +16,7 @@ HELP = (
     "Multi-GPU / multi-node: launch with torchrun.\n\n"
     "Examples:\n\n"
     "  ettin train --size 150m --print-config\n\n"
-    "  ettin train --size 17m --data scored/ --eval-data ../shared/data/cranfield --output-dir runs/17m\n\n"
+    "  ettin train --size 17m --data scored/ --eval-data corpus/ --eval-split dev --output-dir runs/17m\n\n"
     "  torchrun --nproc_per_node 8 -m ettin_cli train --size 1b --output-dir runs/1b\n\n"
     "  ettin train --size 68m --data pairs.parquet --score-column teacher_logit --per-device-batch-size 64\n\n"
     "  ettin train --recipe recipes/adapt.yaml --base-model cross-encoder/ettin-reranker-17m-v1 --data mine/ "
@@ -63,6 +63,10 @@ def train(
     eval_data: list[str] | None = typer.Option(
         None, "--eval-data", help="Offline evaluation (repeatable): BEIR-layout folders, BM25 top-k reranked. "
         "Default: NanoBEIR from the Hub."),
+    eval_split: str | None = typer.Option(
+        None, "--eval-split", help="Qrels split of the --eval-data folders that picks the checkpoint "
+        "(qrels/SPLIT.tsv, default test): give dev and report on test with `ettin eval`, so the two never share "
+        "queries (`ettin split` makes the three splits)."),
     eval_top_k: int | None = typer.Option(None, "--eval-top-k", help="Candidates reranked per query (default 100)."),
     eval_max_queries: int | None = typer.Option(None, "--eval-max-queries",
                                                 help="Evaluate only the first N judged queries of each set."),
@@ -93,7 +97,8 @@ def train(
         query_column=query_column, document_column=document_column, score_column=score_column,
         base_model=base_model, output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate,
         global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size, max_length=max_length,
-        eval_data=eval_data or None, eval_top_k=eval_top_k, eval_max_queries=eval_max_queries, seed=seed,
+        eval_data=eval_data or None, eval_split=eval_split, eval_top_k=eval_top_k,
+        eval_max_queries=eval_max_queries, seed=seed,
         dtype=dtype, attn=attn, dataloader_workers=dataloader_workers, cache_dir=cache_dir, resume=resume,
         save_initial=save_initial, eval_steps=eval_steps, save_steps=save_steps,
     )

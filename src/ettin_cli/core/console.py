@@ -125,7 +125,10 @@ class _Bar:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
-            logger.info(self.status())
+            # Only a running, innermost bar speaks: a paused training bar under an evaluation's bar would log
+            # "training: 0/1,024, 0.0 pairs/s" lines about work that is not happening.
+            if self._paused_at is None and (not _active or _active[-1] is self):
+                logger.info(self.status())
 
     def pause(self) -> None:
         """Stop the clock: time until `resume` is not work (e.g. evaluation between training steps)."""

@@ -44,6 +44,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def current_umask() -> int:
+    """The process umask: what new files and folders are masked with."""
+    return _umask()
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give a written folder (and everything in it) or file the permissions a plain `open()`/`mkdir` would.
+
+    Libraries that save through private temp files (safetensors via transformers, `tempfile.mkdtemp`) leave 0600
+    files and 0700 folders, so a model in a shared folder would be the one output others cannot read.
+    """
+    mask = _umask()
+    root = Path(path)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:

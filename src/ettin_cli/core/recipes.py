@@ -15,7 +15,7 @@ from ettin_cli.core.errors import EttinError
 
 SHARED_NAME = "shared"
 # Files in recipes/ that are not student sizes.
-NON_SIZE_RECIPES = {SHARED_NAME, "data", "demo", "export"}
+NON_SIZE_RECIPES = {SHARED_NAME, "data", "demo", "export", "adapt"}
 
 
 def recipes_dir() -> Path:

@@ -115,7 +115,7 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
         have = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
         raise EttinError(f"{root / 'qrels' / (split + '.tsv')}: no such split (this folder has: "
                          f"{', '.join(have) or 'none'}); mine the split you train on and evaluate on another "
-                         "(README: 'Bring your own corpus' shows how to split one judged set)")
+                         "(`ettin split` makes train/dev/test from one judged set)")
     return MineInputs(corpus_src, queries_src, qrels_path)
 
 
@@ -171,14 +171,21 @@ def _where(src: TextSource, row: int) -> str:
     return f"{src.path} {'line' if src.beir else 'row'} {row}"
 
 
-def read_queries(src: TextSource) -> dict[str, str]:
-    """All queries in input order (queries are small next to a corpus); empty or duplicate ids are errors."""
+def read_queries(src: TextSource, empty: dict[str, str] | None = None) -> dict[str, str]:
+    """All queries in input order (queries are small next to a corpus); duplicate ids are errors.
+
+    An empty query text is an error, unless `empty` is given: then it is left out and recorded there
+    (id -> where), so that the caller can refuse the judged ones and skip the others with a count.
+    """
     queries: dict[str, str] = {}
     for row, qid, text in iter_rows(src):
-        if qid in queries:
+        if qid in queries or (empty is not None and qid in empty):
             raise EttinError(f"{_where(src, row)}: duplicate query id '{qid}'")
         if not text.strip():
-            raise EttinError(f"{_where(src, row)}: query '{qid}' is empty")
+            if empty is None:
+                raise EttinError(f"{_where(src, row)}: query '{qid}' is empty")
+            empty[qid] = _where(src, row)
+            continue
         queries[qid] = text
     if not queries:
         raise EttinError(f"{src.path}: no queries")
@@ -351,12 +358,21 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
 
     options.validate()
     rank = current_rank(num_shards, shard_index)
-    queries = read_queries(inputs.queries)
+    empty: dict[str, str] = {}
+    queries = read_queries(inputs.queries, empty)
     qrels = None
     needs_ids = inputs.qrels is not None
     doc_ids = scan_corpus_ids(inputs.corpus) if needs_ids else None
     if inputs.qrels is not None:
-        qrels = read_qrels(inputs.qrels, queries, doc_ids or set())
+        qrels = read_qrels(inputs.qrels, {**queries, **empty}, doc_ids or set())
+        judged_empty = [q for q in empty if q in qrels]
+        if judged_empty:  # a judged query without text cannot be mined, and dropping it would bias recall
+            raise EttinError(f"{empty[judged_empty[0]]}: query '{judged_empty[0]}' is empty (judged in "
+                             f"{inputs.qrels}; {len(judged_empty)} judged queries are empty)")
+    if empty:
+        logger.warning(f"mine: skipped {len(empty):,} empty unjudged queries (first: {next(iter(empty.values()))})")
+    if not queries:
+        raise EttinError(f"{inputs.queries.path}: no queries with text")
     if inputs.judged_only and qrels is not None:
         total = len(queries)
         queries = {qid: text for qid, text in queries.items() if qid in qrels}
@@ -383,6 +399,7 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
         "queries_per_shard": options.queries_per_shard,
         "add_positives": options.add_positives,
         "num_queries": len(query_ids),
+        "empty_queries_skipped": len(empty),
     }
     out = Path(output)
     shards.prepare_output(out, config, overwrite)
@@ -430,7 +447,8 @@ def finish(out: Path, n_blocks: int, config: dict[str, Any], has_qrels: bool) ->
 
     records = shards.completed_shards(out)
     summary: dict[str, Any] = {"shards": n_blocks, "shards_complete": len(records),
-                               "rows": sum(int(r.get("rows", 0)) for r in records.values())}
+                               "rows": sum(int(r.get("rows", 0)) for r in records.values()),
+                               "empty_queries_skipped": int(config.get("empty_queries_skipped", 0))}
     if has_qrels:
         judged = sum(int(r.get("judged_queries", 0)) for r in records.values())
         found = sum(int(r.get("positives_found", 0)) for r in records.values())

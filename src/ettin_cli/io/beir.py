@@ -79,16 +79,18 @@ def load_beir(path: str | Path, split: str = "test", require_qrels: bool = True)
     queries = {str(r["_id"]): str(r.get("text") or "") for r in _read_jsonl(root / "queries.jsonl", "queries")}
     if not corpus:
         raise EttinError(f"{root / 'corpus.jsonl'}: the corpus is empty")
-    empty = [qid for qid, text in queries.items() if not text.strip()]
-    if empty:
-        raise EttinError(f"{root / 'queries.jsonl'}: {len(empty)} empty queries (first ids: {', '.join(empty[:5])})")
     qrels_path = root / "qrels" / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
     if qrels_path.is_file():
         qrels = read_qrels(qrels_path, corpus, queries)
         queries = {qid: text for qid, text in queries.items() if qid in qrels}
     elif require_qrels:
-        raise EttinError(f"{qrels_path}: qrels file not found")
+        raise EttinError(f"{qrels_path}: qrels file not found" + (
+            " (make train/dev/test with `ettin split`)" if split != "test" else ""))
+    # Only the queries read matter: an empty query another split (or no split) judges is not this one's problem.
+    empty = [qid for qid, text in queries.items() if not text.strip()]
+    if empty:
+        raise EttinError(f"{root / 'queries.jsonl'}: {len(empty)} empty queries (first ids: {', '.join(empty[:5])})")
     if not queries:
         raise EttinError(f"{root}: no queries with judgements")
     return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)

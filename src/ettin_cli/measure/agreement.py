@@ -68,6 +68,18 @@ def quality_flags(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return flags
 
 
+def apart(a: float, b: float, decimals: int = 4) -> tuple[str, str]:
+    """`a` and `b` printed with the fewest decimals (at least `decimals`) that show them different.
+
+    A warning that one number is above another must not print "0.0200 is ABOVE 0.0200".
+    """
+    for d in range(decimals, 16):
+        x, y = f"{a:.{d}f}", f"{b:.{d}f}"
+        if x != y:
+            return x, y
+    return repr(float(a)), repr(float(b))
+
+
 def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[str]], *,
                  baseline: str = "the retriever's", why: str = "reranking with it makes the ranking worse") -> None:
     """One warning line per flagged model, with the numbers that flag it.
@@ -79,10 +91,11 @@ def warn_quality(entries: Sequence[Mapping[str, Any]], flags: Mapping[str, list[
     for model, problems in flags.items():
         entry = by_model[model]
         if "below_retriever" in problems:
-            console.logger.warning(f"{model}: NDCG@10 {entry['mean']['ndcg@10']:.4f} is BELOW {baseline} "
-                                   f"{base:.4f}: {why}")
+            ours, theirs = apart(entry["mean"]["ndcg@10"], base)
+            console.logger.warning(f"{model}: NDCG@10 {ours} is BELOW {baseline} {theirs}: {why}")
         if "mse_above_variance" in problems:
             agree = entry["agreement"]
+            mse, variance = apart(agree["mse"], agree["reference_variance"])
             console.logger.warning(
-                f"{model}: MSE to {agree['reference']} {agree['mse']:.4f} is ABOVE the variance of its scores "
-                f"{agree['reference_variance']:.4f}: worse than predicting their mean for every pair")
+                f"{model}: MSE to {agree['reference']} {mse} is ABOVE the variance of its scores "
+                f"{variance}: worse than predicting their mean for every pair")

@@ -51,7 +51,7 @@ def eval_chart(entries: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     for i, entry in enumerate(entries):
         values = [entry["datasets"][g][metric] if g != "mean" else entry["mean"][metric] for g in groups]
         xs = [x + (i - (n_models - 1) / 2) * width for x in range(len(groups))]
-        bars = ax.bar(xs, values, width=width, label=str(entry["model"]),
+        bars = ax.bar(xs, values, width=width, label=str(entry.get("legend") or entry["model"]),
                       hatch="//" if entry.get("role") == "retriever" else None)
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, rotation=90, padding=2)
     ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right"
@@ -88,8 +88,9 @@ def bench_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
 
 
 def training_curves_chart(losses: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], primary: str,
-                          path: str | os.PathLike[str]) -> None:
-    """`ettin train`'s curves: training (and eval) loss and the eval metric `primary` over steps."""
+                          path: str | os.PathLike[str], kept_step: int | None = None) -> None:
+    """`ettin train`'s curves: training (and eval) loss and the eval metric `primary` over steps; `kept_step`, the
+    checkpoint kept as the final model, is marked on both (which point of the curve the model is)."""
     plt = _pyplot()
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([e["step"] for e in losses], [e["loss"] for e in losses], label="train loss")
@@ -104,6 +105,14 @@ def training_curves_chart(losses: Sequence[Mapping[str, Any]], evals: Sequence[M
     points = [(e["step"], e[primary]) for e in evals if primary in e]
     if points:
         ax_metric.plot(*zip(*points, strict=True), marker="o")
+    if kept_step is not None:
+        for ax in (ax_loss, ax_metric):
+            ax.axvline(kept_step, color="tab:red", linestyle="--", label=f"kept: step {kept_step}")
+        kept = [v for s, v in points if s == kept_step]
+        if kept:
+            ax_metric.plot([kept_step], kept, marker="*", markersize=14, color="tab:red", linestyle="none")
+        ax_metric.legend()
+        ax_loss.legend()
     ax_metric.set_xlabel("step")
     ax_metric.set_ylabel("mean NDCG@10")
     ax_metric.set_title(primary.removeprefix("eval_"))

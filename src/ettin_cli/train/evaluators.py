@@ -19,14 +19,18 @@ def _limit_queries(datasets: list, max_queries: int | None) -> list:
     return [ds.first_queries(max_queries) for ds in datasets]
 
 
-def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_queries: int | None = None):
-    """The offline evaluator: BM25 top-`top_k` computed once, reranked by the model at every evaluation."""
+def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_queries: int | None = None,
+                        split: str = "test"):
+    """The offline evaluator: BM25 top-`top_k` computed once, reranked by the model at every evaluation.
+
+    `split` is the qrels split (`qrels/<split>.tsv`) whose queries pick the checkpoint: a dev split, so that the
+    test queries that report the result never choose it."""
     from sentence_transformers.base.evaluation import BaseEvaluator
 
     from ettin_cli.measure.eval_data import load_eval_data
     from ettin_cli.measure.evaluation import evaluate_reranker, retrieve_candidates
 
-    datasets, known = load_eval_data(list(dirs), top_k=top_k)
+    datasets, known = load_eval_data(list(dirs), top_k=top_k, split=split)
     datasets = _limit_queries(datasets, max_queries)
     candidates = {**known, **retrieve_candidates([d for d in datasets if d.name not in known], "bm25", top_k)}
 
@@ -70,10 +74,20 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
     return BeirRerankEvaluator()
 
 
+def require_nanobeir() -> None:
+    """Offline (or no route to the Hub) and not cached: one line within a second, not the Hub client's retries."""
+    from ettin_cli.core.sources import resolve_source
+    from ettin_cli.measure.eval_data import NANOBEIR_ID
+
+    resolve_source(NANOBEIR_ID, option="the default evaluation (NanoBEIR)", repo_type="dataset",
+                   offline_hint="--eval-data DIR (a BEIR folder; `ettin split` makes its dev split)")
+
+
 def make_nanobeir_evaluator(names: list[str], *, top_k: int, batch_size: int):
     """The online evaluator of the recipe: all 13 NanoBEIR sets, BM25 top-k, positives not forced in (Hub data)."""
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderNanoBEIREvaluator
 
+    require_nanobeir()
     try:
         return CrossEncoderNanoBEIREvaluator(dataset_names=list(names), rerank_k=top_k, at_k=10,
                                              always_rerank_positives=False, batch_size=batch_size)
@@ -88,7 +102,7 @@ def make_evaluator(config: TrainConfig):
     batch = config.per_device_batch_size
     if ev["benchmark"] == "beir":
         evaluator = make_beir_evaluator(ev["datasets"], top_k=ev["top_k"], batch_size=batch,
-                                        max_queries=ev["max_queries"])
+                                        max_queries=ev["max_queries"], split=ev.get("split", "test"))
     else:
         evaluator = make_nanobeir_evaluator(ev["datasets"], top_k=ev["top_k"], batch_size=batch)
     if evaluator_metric_key(evaluator) != ev["primary_metric"]:  # a bug, not a user error

@@ -7,13 +7,14 @@ read). Its `hyperparameters` and `evaluation` entries are the model card's table
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
-from ettin_cli.core.files import write_json_atomic
+from ettin_cli.core.files import apply_umask, write_json_atomic, write_text_atomic
 from ettin_cli.publish.training_record import FORMAT, TrainingRecord
 from ettin_cli.train.checkpoints import CHECKPOINT_RE
 from ettin_cli.train.config import TrainConfig
@@ -21,6 +22,10 @@ from ettin_cli.train.evaluators import metric_table
 
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
+FINAL_TMP = ".final.tmp"
+# In OUT/.final.tmp/ once the final model is saved: what the other outputs are made from, so that a run interrupted
+# while writing them is finished by a rerun (`finish_pending`) instead of retraining or passing for complete.
+PENDING_FILE = "pending_outputs.json"
 
 
 def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[dict[str, Any]],
@@ -73,7 +78,10 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
         "evaluation": {"benchmark": "NanoBEIR" if config.evaluation["benchmark"] == "nanobeir" else "BEIR",
                        "datasets": [Path(d).name for d in config.evaluation["datasets"]],
                        "retriever": "BM25", "top_k": config.evaluation["top_k"], "metric": "NDCG@10",
-                       "max_queries": config.evaluation["max_queries"]},
+                       "max_queries": config.evaluation["max_queries"],
+                       # the qrels split that picked the checkpoint: a report on another split is not selected on
+                       **({"split": config.evaluation.get("split", "test")}
+                          if config.evaluation["benchmark"] == "beir" else {})},
         "metrics": {"before": metric_table(before, primary) if before else {},
                     "after": metric_table(after, primary), "best_step": best_step(state),
                     "after_eval_loss": after.get("eval_loss")},
@@ -125,6 +133,7 @@ def save_model_atomic(model: Any, path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save(str(tmp))
+        apply_umask(tmp)  # mkdtemp's 0700 and the library's 0600 weights: readable like every other output
         tmp.rename(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -133,13 +142,39 @@ def save_model_atomic(model: Any, path: Path) -> None:
 
 def save_final(trainer: Any, out: Path, record: TrainingRecord, history: list[dict[str, Any]],
                after: dict[str, Any]) -> None:
-    """`OUT/final/` (model, record, card) written whole under a temporary name, then metrics and curves."""
-    final_tmp = out / ".final.tmp"
+    """The final model into `OUT/.final.tmp/`, with what the other outputs are made from; then those outputs.
+
+    The completion mark (`final/ettin_training.json`, which `check_output_dir` and the Makefile read) appears last:
+    `OUT/final/` is the temporary folder renamed once the card, metrics.json and the curves are written.
+    """
+    final_tmp = out / FINAL_TMP
     if final_tmp.exists():
         shutil.rmtree(final_tmp)
     trainer.save_model(str(final_tmp))
-    write_outputs(out, final_tmp, record, history, after,
+    apply_umask(final_tmp)  # model.safetensors comes 0600 from the library's temp file; 0644 like every output
+    state = {"record": record.to_dict(), "history": history, "after": after}
+    # numpy scalars as numbers (not the str() that write_json_atomic falls back to): a rerun draws from these
+    write_text_atomic(final_tmp / PENDING_FILE, json.dumps(state, default=_plain) + "\n")
+    write_outputs(out, final_tmp, record, history, after, record.config["evaluation"]["primary_metric"])
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def has_pending(out: Path) -> bool:
+    """True when a run saved its final model but was interrupted before its last output."""
+    return (out / FINAL_TMP / PENDING_FILE).is_file()
+
+
+def finish_pending(out: Path) -> TrainingRecord:
+    """Write the outputs of a saved final model (card, metrics, curves, then the record and `final/`); the record."""
+    final_tmp = out / FINAL_TMP
+    state = json.loads((final_tmp / PENDING_FILE).read_text(encoding="utf-8"))
+    record = TrainingRecord.from_dict(state["record"])
+    write_outputs(out, final_tmp, record, state["history"], state["after"],
                   record.config["evaluation"]["primary_metric"])
+    return record
 
 
 def final_evaluation(trainer: Any, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -201,11 +236,8 @@ def training_rates(history: list[dict[str, Any]], global_batch: int) -> dict[str
 
 def write_outputs(out: Path, final_tmp: Path, record: TrainingRecord, history: list[dict[str, Any]],
                   after: dict[str, Any], primary: str) -> None:
-    record.write_with_card(final_tmp)
+    """Metrics.json and curves, then the card and the record, then `final/`: the completion mark is written last."""
     final = out / "final"
-    if final.exists():
-        shutil.rmtree(final)  # a leftover from a crash between these two lines; the run rewrites it whole
-    final_tmp.rename(final)
 
     losses = [{k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "samples_per_second",
                                  "tokens_per_second", "tokens_seen") if k in h} for h in history if "loss" in h]
@@ -227,7 +259,13 @@ def write_outputs(out: Path, final_tmp: Path, record: TrainingRecord, history: l
     write_json_atomic(out / METRICS_FILE, metrics)
     from ettin_cli.measure.charts import training_curves_chart
 
-    training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE)
+    training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE,
+                          kept_step=(record.final_model or {}).get("step"))
+    record.write_with_card(final_tmp)  # the card, then the record that holds its hash
+    (final_tmp / PENDING_FILE).unlink(missing_ok=True)
+    if final.exists():
+        shutil.rmtree(final)  # a leftover of an earlier layout or a crash; the run rewrites it whole
+    final_tmp.rename(final)
     before, after_mean = record.metrics["before"].get("mean"), record.metrics["after"].get("mean")
     if before is not None and after_mean is not None:
         logger.info(f"mean NDCG@10: {before:.4f} before -> {after_mean:.4f} after training")

@@ -13,6 +13,7 @@ seeded, so the data order is that of an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,20 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
         raise EttinError(f"the config was resolved for world size {config.world_size}, "
                          f"but this launch has {rank.world_size} processes")
     out = Path(config.output_dir)
-    if checkpoints.check_output_dir(config) == "done":
+    state = checkpoints.check_output_dir(config)
+    if state == "resume" and outputs.has_pending(out):
+        # Trained and saved, interrupted while writing the other outputs: finish them, do not train again.
+        if rank.is_main:
+            logger.info(f"{out}: the final model is saved but its outputs are not all written; finishing them")
+            return outputs.finish_pending(out).to_dict()
+        return json.loads((out / outputs.FINAL_TMP / outputs.PENDING_FILE).read_text(encoding="utf-8"))["record"]
+    if state == "done":
         logger.info(f"{out}: this run is already complete (final model in {out / 'final'}); nothing to do")
         return TrainingRecord.read(out / "final").to_dict()
+    if config.evaluation["benchmark"] == "nanobeir":  # the Hub check of the default evaluation, before any loading
+        from ettin_cli.train.evaluators import require_nanobeir
+
+        require_nanobeir()
     args = config.trainer_arguments()  # initialises torch.distributed under torchrun
 
     # 2. Data, loaded and checked before anything is written (bad input leaves the folder untouched).
