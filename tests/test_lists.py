@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from replicas import write_fine_tuning
+from replicas import fine_tuning_sources, write_fine_tuning
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.data import lists, mining
@@ -31,53 +31,10 @@ def shard_bytes(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("part-*.parquet"))}
 
 
-def build_sources(cranfield) -> dict:
-    """Two sources with real Cranfield text: `fiqa` with dense ids (id = row), `nq` with sparse shuffled ids.
-
-    Lists mix judged and random documents, in a shuffled order; planted: a duplicated id, an empty list, a
-    positive that is not in its list, and a list without positives.
-    """
-    import random
-
-    rng = random.Random(7)
-    doc_ids = sorted(cranfield.corpus, key=int)[:300]
-    out = {}
-    for name, sparse in (("fiqa", False), ("nq", True)):
-        ids = list(range(len(doc_ids)))
-        if sparse:
-            ids = rng.sample(range(10_000, 90_000), len(doc_ids))
-        id_of = dict(zip(doc_ids, ids, strict=True))
-        documents = [{"document_id": id_of[d], "document": cranfield.corpus[d]} for d in doc_ids]
-        if sparse:
-            rng.shuffle(documents)
-        queries, scores = [], []
-        judged = [q for q in cranfield.judged_queries if any(d in id_of for d in cranfield.qrels[q])][:24]
-        for n, qid in enumerate(judged):
-            qnum = 500 + n if sparse else n
-            queries.append({"query_id": qnum, "query": cranfield.queries[qid]})
-            pos = [id_of[d] for d, g in cranfield.qrels[qid].items() if g > 0 and d in id_of]
-            listed = pos[:2] + [id_of[d] for d in rng.sample(doc_ids, 12)]
-            listed = list(dict.fromkeys(listed))
-            rng.shuffle(listed)
-            if n == 3:
-                listed.append(listed[0])  # a duplicate listing
-            if n == 5:
-                listed = []  # an empty list
-            positives = pos[:3]
-            if n == 7:
-                positives = []
-            scores.append({"query_id": qnum, "document_ids": listed,
-                           "scores": [round(1.0 - 0.01 * i, 4) for i in range(len(listed))],
-                           "positive_ids": positives})
-        rng.shuffle(queries)
-        out[name] = {"queries": queries, "documents": documents, "scores": scores}
-    return out
-
-
 @pytest.fixture(scope="module")
 def replica(cranfield, tmp_path_factory):
     root = tmp_path_factory.mktemp("embeddings-fine-tuning")
-    data = build_sources(cranfield)
+    data = fine_tuning_sources(cranfield)
     write_fine_tuning(root / "ft", data, rows_per_file=100)
     return {"root": root / "ft", "data": data, "cache": str(root / "hf-cache")}
 
