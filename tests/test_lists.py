@@ -24,7 +24,7 @@ ETTIN = [sys.executable, "-m", "ettin_cli"]
 
 
 def read_rows(directory: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 def shard_bytes(directory: Path) -> dict[str, bytes]:
@@ -74,12 +74,12 @@ def test_pairs_are_exactly_the_listed_ids_with_their_positives(replica, tmp_path
         assert got["retriever_score"] == pytest.approx(want.pop("retriever_score"), abs=1e-6)
         assert {k: got[k] for k in want} == want
     assert summary["duplicates"] == 1 and summary["empty_lists"] == 1
-    assert summary["rows"] == len(expected) == shards.read_manifest(out)["totals"]["rows"]
+    assert summary["rows"] == len(expected) == shards.ShardedFolder(out).manifest()["totals"]["rows"]
     assert summary["lists_without_positive"] == sum(
         not any(r["is_positive"] for r in expected if r["query_id"] == str(e["query_id"]))
         for e in replica["data"][source]["scores"])
     # the same schema `ettin mine` writes with qrels: score and select read it unchanged
-    schema = pq.read_schema(shards.shard_paths(out)[0])
+    schema = pq.read_schema(shards.ShardedFolder(out).shards()[0])
     assert schema.names == list(mining.OUTPUT_COLUMNS)
 
 

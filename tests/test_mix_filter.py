@@ -18,7 +18,7 @@ VAL = 10
 
 
 def read_subset(directory):
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 def flags_for(n: int, seed: int) -> list[tuple[bool | None, int | None]]:

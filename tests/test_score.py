@@ -34,9 +34,9 @@ def error_line(err: str) -> str:
 
 
 def read_output(directory: Path) -> pa.Table:
-    from ettin_cli.io.shards import shard_paths
+    from ettin_cli.io.shards import ShardedFolder
 
-    return pa.concat_tables([pq.read_table(p) for p in shard_paths(directory)])
+    return pa.concat_tables([pq.read_table(p) for p in ShardedFolder(directory).shards()])
 
 
 def score_args(input_path, teacher, output, *extra) -> list[str]:
@@ -328,31 +328,31 @@ def test_shards_contract(tmp_path):
     from ettin_cli.io import shards
 
     out = tmp_path / "sharded"
-    digest = shards.prepare_output(out, {"step": "demo", "k": 1})
+    digest = shards.ShardedFolder(out).prepare({"step": "demo", "k": 1})
     table = pa.table({"x": [1, 2, 3]})
-    record = shards.write_shard(out, 0, table, {"input_rows": [0, 3]})
+    record = shards.ShardedFolder(out).write(0, table, {"input_rows": [0, 3]})
     assert record["rows"] == 3 and record["config_sha256"] == digest and record["input_rows"] == [0, 3]
-    assert shards.finalize_manifest(out, 2) is None  # shard 1 missing: no manifest yet
+    assert shards.ShardedFolder(out).finalize(2) is None  # shard 1 missing: no manifest yet
     with pytest.raises(EttinError, match="unfinished"):
-        shards.shard_paths(out)
-    shards.write_shard(out, 1, pa.table({"x": [4]}))
-    shards.write_shard(out, 2, pa.table({"x": [5]}))  # left over from a larger earlier run
-    manifest = shards.finalize_manifest(out, 2, extra=lambda recs: {"totals": {"sum": len(recs)}})
+        shards.ShardedFolder(out).shards()
+    shards.ShardedFolder(out).write(1, pa.table({"x": [4]}))
+    shards.ShardedFolder(out).write(2, pa.table({"x": [5]}))  # left over from a larger earlier run
+    manifest = shards.ShardedFolder(out).finalize(2, extra=lambda recs: {"totals": {"sum": len(recs)}})
     assert manifest["totals"] == {"shards": 2, "rows": 4, "sum": 2}
     assert not (out / "part-00002.parquet").exists()
-    assert [p.name for p in shards.shard_paths(out)] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [p.name for p in shards.ShardedFolder(out).shards()] == ["part-00000.parquet", "part-00001.parquet"]
     (out / "part-00001.parquet").write_bytes(b"x" * (out / "part-00001.parquet").stat().st_size)
-    assert set(shards.completed_shards(out)) == {0, 1}  # same size: a resume trusts record + size ...
-    assert set(shards.completed_shards(out, verify=True)) == {0}  # ... --verify hashes and redoes it
-    assert len(shards.shard_paths(out)) == 2
+    assert set(shards.ShardedFolder(out).completed()) == {0, 1}  # same size: a resume trusts record + size ...
+    assert set(shards.ShardedFolder(out).completed(verify=True)) == {0}  # ... --verify hashes and redoes it
+    assert len(shards.ShardedFolder(out).shards()) == 2
     with pytest.raises(EttinError, match="does not match"):
-        shards.shard_paths(out, verify=True)
+        shards.ShardedFolder(out).shards(verify=True)
     (out / "part-00001.parquet").write_bytes(b"x")  # another size: caught without hashing
-    assert set(shards.completed_shards(out)) == {0}
+    assert set(shards.ShardedFolder(out).completed()) == {0}
     with pytest.raises(EttinError, match="bytes"):
-        shards.shard_paths(out)
+        shards.ShardedFolder(out).shards()
     with pytest.raises(EttinError, match=r"holds a different run \(k: 1 -> 2\)"):
-        shards.prepare_output(out, {"step": "demo", "k": 2})
-    shards.prepare_output(out, {"step": "demo", "k": 2}, overwrite=True)
-    assert shards.completed_shards(out) == {}  # the old run's records no longer count
+        shards.ShardedFolder(out).prepare({"step": "demo", "k": 2})
+    shards.ShardedFolder(out).prepare({"step": "demo", "k": 2}, overwrite=True)
+    assert shards.ShardedFolder(out).completed() == {}  # the old run's records no longer count
     assert not (out / ".ettin" / "manifest.json").exists()

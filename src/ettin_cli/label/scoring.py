@@ -29,9 +29,12 @@ from typing import Any
 from ettin_cli import __version__
 from ettin_cli.core import console
 from ettin_cli.core.console import logger
-from ettin_cli.core.distributed import Rank, current_rank, owned
+from ettin_cli.core.distributed import Rank, current_rank
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.io.lifecycle import ShardedStep, run_step
+from ettin_cli.io.shards import ShardedFolder, ShardWriter, manifest_path, sidecar_path
+from ettin_cli.label.batching import ScoreStats
 
 SCAN_FILE = "input_scan.json"
 DEFAULT_ROWS_PER_SHARD = 100_000
@@ -68,7 +71,7 @@ class ScoreJob:
     shard_index: int | None = None
     window_rows: int = DEFAULT_WINDOW_ROWS
     read_rows: int = 4096
-    verify: bool | None = None  # hash finished shards before skipping them (None: ETTIN_VERIFY decides)
+    verify: bool = False  # hash finished shards (SHA-256) before skipping them
 
 
 @dataclass
@@ -135,8 +138,6 @@ def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
 def _load_scan(output: Path, config_sha256: str) -> dict[str, Any] | None:
     import json
 
-    from ettin_cli.io.shards import sidecar_path
-
     try:
         data = json.loads(sidecar_path(output, SCAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -199,14 +200,15 @@ def _merge_first(lists: list[list[int]], limit: int = 10) -> list[int]:
     return sorted(itertools.chain.from_iterable(lists))[:limit]
 
 
-def summarize_records(records: list[dict[str, Any]], run_info: dict[str, Any]) -> dict[str, Any]:
-    """Manifest fields computed from the shard records alone, so any rank that finalises writes the same."""
+def summarize_records(records: list[dict[str, Any]], stats: ScoreStats, run_info: dict[str, Any]) -> dict[str, Any]:
+    """Manifest fields computed from the shard records alone (`stats`: their summed teacher counts), so any
+    rank that finalises writes the same."""
     rows = sum(int(r["rows"]) for r in records)
     stats_keys = ("truncated_pairs", "truncated_queries", "truncated_documents", "oom_splits", "tokens",
                   "padding_tokens", "batches")
     totals: dict[str, Any] = {"rows_scored": rows}
     for key in stats_keys:
-        totals[key] = sum(int(r.get("stats", {}).get(key, 0)) for r in records)
+        totals[key] = getattr(stats, key)
     processed = totals["tokens"] + totals["padding_tokens"]
     totals["padding_share"] = round(totals["padding_tokens"] / processed, 6) if processed else 0.0
     totals["skipped_invalid"] = sum(int(r.get("skipped_invalid", 0)) for r in records)
@@ -231,134 +233,71 @@ def summarize_records(records: list[dict[str, Any]], run_info: dict[str, Any]) -
     }
 
 
-def run_score(job: ScoreJob) -> ScoreResult:
-    """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
-    import pyarrow as pa
+class ScoreStep(ShardedStep[ScoreStats]):
+    """Shard i holds input rows `[i*R, (i+1)*R)` plus their scores; the input is read once, in order, for the
+    shards this rank does, and each shard is scored in windows aligned to its start."""
 
-    from ettin_cli.io.shards import (
-        check_output,
-        completed_shards,
-        finalize_manifest,
-        manifest_path,
-        prepare_output,
-        sidecar_path,
-    )
-    from ettin_cli.io.tables import open_input
-    from ettin_cli.label.teacher import TeacherSpec
+    name, unit, counts = "scoring", "pairs", ScoreStats
 
-    began = time.perf_counter()
-    _check_job(job)
-    rank = current_rank(job.num_shards, job.shard_index)
-    output = Path(job.output)
-    output_existed = output.exists()
-    if output.exists() and not output.is_dir():  # before the (slow) input checks
-        raise EttinError(f"--output {output}: is a file, not a directory")
+    def __init__(self, job: ScoreJob, source: Any, handle: Any, ranges: dict[int, tuple[int, int]],
+                 total_rows: int, run_info: dict[str, Any], scan: dict[str, Any], rank: Rank):
+        import pyarrow as pa
 
-    source = open_input(job.input, config=job.config, split=job.split, revision=job.input_revision)
-    source.require_columns(job.query_column, job.document_column)
-    if job.score_column in source.column_names:
-        raise EttinError(f"{job.input}: already has a column '{job.score_column}'; name the new one with "
-                         "--score-column")
-    identity, handle = _teacher_identity(job)
-    fingerprint = source.fingerprint()
-    config = {
-        "step": "score",
-        **identity,
-        "max_length": job.max_length,
-        "instruction": job.instruction,
-        "input": {k: v for k, v in fingerprint.items() if k != "path"},
-        "query_column": job.query_column,
-        "document_column": job.document_column,
-        "score_column": job.score_column,
-        "rows_per_shard": job.rows_per_shard,
-        "limit": job.limit,
-        "skip_invalid": job.skip_invalid,
-    }
-    # Everything is validated before anything is written: a refused run leaves no trace in --output.
-    config_sha = check_output(output, config, job.overwrite)
-    scan = _scan_input(job, source, config_sha)
-    total_rows = int(scan["rows"])
-    if total_rows == 0:
-        raise EttinError(f"{job.input}: no rows to score")
-    if scan["invalid_rows"] and not job.skip_invalid:
-        first = ", ".join(str(r) for r in scan["first_invalid_rows"])
-        raise EttinError(f"{job.input}: {scan['invalid_rows']} rows with a null '{job.query_column}' or "
-                         f"'{job.document_column}' (first input rows, 0-based: {first}); fix them or pass "
-                         "--skip-invalid")
-    prepare_output(output, config, job.overwrite)
-    write_json_atomic(sidecar_path(output, SCAN_FILE), {"config_sha256": config_sha, "scan": scan})
+        self.job, self.source, self.handle, self.ranges = job, source, handle, ranges
+        self.total_rows, self.run_info, self.scan, self.rank = total_rows, run_info, scan, rank
+        self.output_existed = Path(job.output).exists()
+        self.output_schema = source.schema.append(pa.field(job.score_column, pa.float32()))
+        self.teacher: Any = None
+        self.groups: Iterator[tuple[int, Iterator[tuple[int, Any]]]] = iter(())
+        self.rows_scored = 0
 
-    n_shards = math.ceil(total_rows / job.rows_per_shard)
-    ranges = {i: (i * job.rows_per_shard, min((i + 1) * job.rows_per_shard, total_rows)) for i in range(n_shards)}
-    mine = [i for i in range(n_shards) if owned(i, rank)]
-    done = completed_shards(output, verify=job.verify, indices=mine)
-    todo = [i for i in mine if i not in done]
-    if done:
-        logger.info("resuming: %d of this worker's %d shards already finished and verified", len(done), len(mine))
-    run_info = {
-        "teacher": identity["teacher"] or (str(job.teacher) if isinstance(job.teacher, (str, Path))
-                                           else job.teacher.name),
-        "teacher_revision": identity["teacher_revision"],
-        "teacher_sha256": identity["teacher_sha256"],
-        "format": identity["format"],
-        "dtype": identity["dtype"],
-        "instruction": job.instruction,
-        "input": fingerprint,
-        "input_check": scan,
-        "environment": _environment(),
-        "tool_version": __version__,
-    }
+    def shards(self) -> int:
+        return len(self.ranges)
 
-    rows_scored = 0
-    if todo:
+    def describe(self) -> str:
+        return f"{self.job.input}"
+
+    def schema(self, index: int) -> Any:
+        return self.output_schema
+
+    def units(self, index: int) -> int:
+        return self.ranges[index][1] - self.ranges[index][0]
+
+    def setup(self, todo: list[int]) -> None:
+        from ettin_cli.label.teacher import TeacherSpec
+
+        job = self.job
+        write_json_atomic(sidecar_path(job.output, SCAN_FILE), {"config_sha256": ShardedFolder(job.output)
+                                                                 .config_sha256(), "scan": self.scan})
         try:
-            teacher = handle.load(job.max_length, job.instruction) if isinstance(handle, TeacherSpec) else handle
+            self.teacher = (self.handle.load(job.max_length, job.instruction) if isinstance(self.handle, TeacherSpec)
+                            else self.handle)
         except EttinError:
-            if not output_existed and not done:  # a refused teacher leaves no half-made output folder
-                shutil.rmtree(output, ignore_errors=True)
+            if not self.output_existed:  # a refused teacher leaves no half-made output folder
+                shutil.rmtree(job.output, ignore_errors=True)
             raise
-        schema = source.schema.append(pa.field(job.score_column, pa.float32()))
-        teacher_info = {"device": teacher.device, "attn": teacher.attn, "max_length": teacher.max_length}
-        todo_rows = sum(ranges[i][1] - ranges[i][0] for i in todo)
-        logger.info("scoring %s rows in %d shards with %s (%s, %s) -> %s", f"{todo_rows:,}", len(todo),
-                    teacher.name, teacher.format, teacher.dtype, output)
-        with console.progress(todo_rows, "scoring", "pairs") as bar:
-            pieces = _pieces(source, todo, ranges, job, total_rows)
-            for index, group in itertools.groupby(pieces, key=lambda p: p[0]):
-                rows_scored += _score_shard(job, teacher, output, index, ranges[index], group, schema, config_sha,
-                                            {**teacher_info, "rank": rank.rank, "world_size": rank.world_size},
-                                            bar)
-        missing = [i for i in todo if not completed_shards(output, verify=False, indices=[i])]
-        if missing:
-            raise EttinError(f"{job.input}: the input ended before shard {missing[0]} (rows "
-                             f"{ranges[missing[0]][0]}-{ranges[missing[0]][1] - 1}); did it change during the run?")
+        t = self.teacher
+        logger.info("scoring %s rows in %d shards with %s (%s, %s) -> %s", f"{sum(map(self.units, todo)):,}",
+                    len(todo), t.name, t.format, t.dtype, job.output)
+        self.groups = itertools.groupby(_pieces(self.source, todo, self.ranges, job, self.total_rows),
+                                        key=lambda p: p[0])
 
-    manifest = finalize_manifest(output, n_shards, extra=lambda records: summarize_records(records, run_info))
-    if manifest is None:
-        logger.info("this worker's shards are done; the manifest is written once every shard is finished")
-    else:
-        logger.info("wrote %d shards (%s rows) and %s", n_shards, f"{manifest['totals']['rows']:,}",
-                    manifest_path(output))
-    return ScoreResult(rank=rank, shards_total=n_shards, shards_owned=mine, shards_skipped=sorted(done),
-                       shards_scored=todo, rows_scored=rows_scored, manifest=manifest,
-                       seconds=time.perf_counter() - began)
+    def work(self, index: int, writer: ShardWriter) -> ScoreStats:
+        """Score one shard window by window into its writer; the counts are the teacher's for this shard."""
+        import numpy as np
+        import pyarrow as pa
 
+        from ettin_cli.io.tables import invalid_rows, text_column
 
-def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tuple[int, int],
-                 group: Iterator[tuple[int, Any]], schema: Any, config_sha: str, worker: dict[str, Any],
-                 bar: Any) -> int:
-    """Score one shard window by window into its writer; return the rows written."""
-    import numpy as np
-    import pyarrow as pa
-
-    from ettin_cli.io.shards import shard_writer
-    from ettin_cli.io.tables import invalid_rows, text_column
-
-    started = time.perf_counter()
-    before = teacher.stats.copy()
-    seen = skipped = 0
-    first_skipped: list[int] = []
-    with shard_writer(output, index, schema, config_sha) as writer:
+        job, teacher, rows, bar = self.job, self.teacher, self.ranges[index], writer.progress
+        found, group = next(self.groups, (None, iter(())))
+        if found != index:
+            raise EttinError(f"{job.input}: the input ended before shard {index} (rows {rows[0]}-{rows[1] - 1}); "
+                             "did it change during the run?")
+        started = time.perf_counter()
+        before = teacher.stats.copy()
+        seen = skipped = 0
+        first_skipped: list[int] = []
         for window in _windows(group, job.window_rows):
             first_row = rows[0] + seen
             window_rows = window.num_rows
@@ -384,7 +323,8 @@ def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tu
             finally:
                 if hasattr(teacher, "on_batch"):
                     teacher.on_batch = None
-            writer.write(window.append_column(schema.field(job.score_column), pa.array(scores, type=pa.float32())))
+            writer.write(window.append_column(self.output_schema.field(job.score_column),
+                                              pa.array(scores, type=pa.float32())))
             bar.advance_to(target)
         if seen != rows[1] - rows[0]:
             raise EttinError(f"{job.input}: shard {index} expected input rows {rows[0]}-{rows[1] - 1} but read "
@@ -393,13 +333,85 @@ def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tu
             "input_rows": [rows[0], rows[1]],
             "skipped_invalid": skipped,
             "first_skipped_rows": first_skipped,
-            "stats": teacher.stats.minus(before).as_dict(),
             "seconds": round(time.perf_counter() - started, 3),
-            "teacher": {k: v for k, v in worker.items() if k not in ("rank", "world_size")},
-            "rank": worker["rank"],
-            "world_size": worker["world_size"],
+            "teacher": {"device": teacher.device, "attn": teacher.attn, "max_length": teacher.max_length},
+            "rank": self.rank.rank,
+            "world_size": self.rank.world_size,
         })
-    return writer.rows
+        self.rows_scored += writer.rows
+        return teacher.stats - before
+
+    def manifest_extra(self, records: list[dict[str, Any]], total: ScoreStats) -> dict[str, Any]:
+        return summarize_records(records, total, self.run_info)
+
+
+def run_score(job: ScoreJob) -> ScoreResult:
+    """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
+    from ettin_cli.io.tables import open_input
+
+    began = time.perf_counter()
+    _check_job(job)
+    rank = current_rank(job.num_shards, job.shard_index)
+    output = ShardedFolder(job.output)
+    if output.root.exists() and not output.root.is_dir():  # before the (slow) input checks
+        raise EttinError(f"--output {output.root}: is a file, not a directory")
+
+    source = open_input(job.input, config=job.config, split=job.split, revision=job.input_revision)
+    source.require_columns(job.query_column, job.document_column)
+    if job.score_column in source.column_names:
+        raise EttinError(f"{job.input}: already has a column '{job.score_column}'; name the new one with "
+                         "--score-column")
+    identity, handle = _teacher_identity(job)
+    fingerprint = source.fingerprint()
+    config = {
+        "step": "score",
+        **identity,
+        "max_length": job.max_length,
+        "instruction": job.instruction,
+        "input": {k: v for k, v in fingerprint.items() if k != "path"},
+        "query_column": job.query_column,
+        "document_column": job.document_column,
+        "score_column": job.score_column,
+        "rows_per_shard": job.rows_per_shard,
+        "limit": job.limit,
+        "skip_invalid": job.skip_invalid,
+    }
+    # Everything is validated before anything is written: a refused run leaves no trace in --output.
+    config_sha = output.check(config, job.overwrite)
+    scan = _scan_input(job, source, config_sha)
+    total_rows = int(scan["rows"])
+    if total_rows == 0:
+        raise EttinError(f"{job.input}: no rows to score")
+    if scan["invalid_rows"] and not job.skip_invalid:
+        first = ", ".join(str(r) for r in scan["first_invalid_rows"])
+        raise EttinError(f"{job.input}: {scan['invalid_rows']} rows with a null '{job.query_column}' or "
+                         f"'{job.document_column}' (first input rows, 0-based: {first}); fix them or pass "
+                         "--skip-invalid")
+    n_shards = math.ceil(total_rows / job.rows_per_shard)
+    ranges = {i: (i * job.rows_per_shard, min((i + 1) * job.rows_per_shard, total_rows)) for i in range(n_shards)}
+    run_info = {
+        "teacher": identity["teacher"] or (str(job.teacher) if isinstance(job.teacher, (str, Path))
+                                           else job.teacher.name),
+        "teacher_revision": identity["teacher_revision"],
+        "teacher_sha256": identity["teacher_sha256"],
+        "format": identity["format"],
+        "dtype": identity["dtype"],
+        "instruction": job.instruction,
+        "input": fingerprint,
+        "input_check": scan,
+        "environment": _environment(),
+        "tool_version": __version__,
+    }
+    step = ScoreStep(job, source, handle, ranges, total_rows, run_info, scan, rank)
+    run = run_step(step, output, config, rank=rank, overwrite=job.overwrite, verify=job.verify)
+    if run.manifest is None:
+        logger.info("this worker's shards are done; the manifest is written once every shard is finished")
+    else:
+        logger.info("wrote %d shards (%s rows) and %s", n_shards, f"{run.manifest['totals']['rows']:,}",
+                    manifest_path(output.root))
+    return ScoreResult(rank=rank, shards_total=n_shards, shards_owned=run.owned, shards_skipped=run.skipped,
+                       shards_scored=run.done, rows_scored=step.rows_scored, manifest=run.manifest,
+                       seconds=time.perf_counter() - began)
 
 
 def _environment() -> dict[str, str]:

@@ -377,7 +377,7 @@ def verify_score_dir(spec: str | Path) -> ScoreDir:
                          "name it explicitly with NAME=DIR")
     if not folder.is_dir():
         raise EttinError(f"{folder}: not a directory (expected an `ettin score` output directory)")
-    output = sharding.open_folder(folder)
+    output = sharding.ShardedFolder(folder)
     manifest_path = sharding.manifest_path(folder)
     if not manifest_path.is_file():
         raise EttinError(f"{manifest_path}: not found (is the `ettin score` run finished? its manifest is "
