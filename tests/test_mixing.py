@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import load_data_recipe
 from ettin_cli.data import mixing
 from ettin_cli.io import shards
 
@@ -77,7 +78,7 @@ def sources(cranfield, tmp_path_factory):
 
 
 def plan_for(src, **kwargs) -> mixing.MixPlan:
-    data, where = mixing.load_data_recipe(src["recipe"])
+    data, where = load_data_recipe(src["recipe"])
     plan = mixing.load_plan(data, where)
     return mixing.apply_options(plan, overrides=dict(src["overrides"]), **kwargs)
 
@@ -170,7 +171,7 @@ RETRIEVAL = ("fever", "fiqa", "hotpotqa", "msmarco", "nq", "squadv2", "trivia")
 
 
 def test_published_data_recipe_names_the_39_released_configs():
-    data, where = mixing.load_data_recipe()
+    data, where = load_data_recipe()
     plan = mixing.load_plan(data, where)
     by_name = {s.name: s for s in plan.sources}
     pre = [s.name for s in plan.sources if s.group == "pre-training"]

@@ -50,12 +50,18 @@ def _query(n: int, n_pos: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_recipe_defaults_match_the_recipe():
-    from ettin_cli.core.recipes import read_yaml, recipes_dir
+    """#22: the data recipe is read in one place (`core.recipes`) and the typed config is built from it."""
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
 
-    sel = read_yaml(recipes_dir() / "data.yaml")["selection"]
-    cfg = SelectionConfig(keep=sel["keep"], hard=sel["hard"], head=sel["head"], band_count=sel["band_count"],
-                          band=tuple(sel["band"]), seed=sel["seed"]).validate()
+    data, where = load_data_recipe()
+    section = recipe_section(data, "selection", where)
+    cfg = SelectionConfig.from_recipe(section, where).validate()
     assert (cfg.keep, cfg.hard, cfg.per_query, cfg.head, cfg.band_count) == (256, 16, 64, 32, 32)
+    assert cfg == SelectionConfig()  # the dataclass defaults say what the recipe says
+    over = SelectionConfig.from_recipe(section, where, keep=128, band="32:96", seed=None)
+    assert (over.keep, over.band, over.seed, over.hard) == (128, (32, 96), section["seed"], section["hard"])
+    with pytest.raises(EttinError, match=r"data.yaml: selection.band must be \[START, END\]"):
+        SelectionConfig.from_recipe({**section, "band": [1, 2, 3]}, where)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -73,10 +73,11 @@ def mine(
     shard_index: options.ShardIndex = None,
 ) -> None:
     from ettin_cli.core.errors import EttinError
-    from ettin_cli.data import mining, mixing
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import mining
 
-    data, where = mixing.load_data_recipe(recipe)
-    defaults = mixing.section(data, "mining", where)
+    data, where = load_data_recipe(recipe)
+    defaults = recipe_section(data, "mining", where)
     if (corpus is None) == (lists is None):
         raise EttinError("give --corpus (mine with a retriever) or --lists (read mined candidate lists), not both")
     if lists is not None:
@@ -84,24 +85,17 @@ def mine(
 
         if not source:
             raise EttinError("--lists needs --source NAME (the split of DATASET to read, e.g. nq)")
-        list_options = id_lists.ListsOptions(top_k=top_k, lists_per_shard=queries_per_shard or int(
-            defaults.get("lists_per_shard", 500)), cache_dir=cache_dir).validate()
+        list_options = id_lists.ListsOptions.from_recipe(defaults, top_k=top_k, lists_per_shard=queries_per_shard,
+                                                         cache_dir=cache_dir)
         summary = id_lists.mine_lists(lists, source, output, list_options, overwrite=overwrite, verify=verify,
                                       num_shards=num_shards, shard_index=shard_index)
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
     if source is not None:
         raise EttinError("--source goes with --lists")
-    mine_options = mining.MineOptions(
-        retriever=retriever or defaults.get("retriever", "bm25"),
-        top_k=top_k if top_k is not None else defaults.get("top_k", 2048),
-        chunk_size=chunk_size if chunk_size is not None else defaults.get("chunk_size", 1_000_000),
-        queries_per_shard=queries_per_shard if queries_per_shard is not None else defaults.get(
-            "queries_per_shard", 10_000),
-        add_positives=add_positives if add_positives is not None else bool(defaults.get("add_positives", True)),
-        batch_size=batch_size,
-        device=device,
-    ).validate()
+    mine_options = mining.MineOptions.from_recipe(defaults, retriever=retriever, top_k=top_k, chunk_size=chunk_size,
+                                                  queries_per_shard=queries_per_shard, add_positives=add_positives,
+                                                  batch_size=batch_size, device=device)
     inputs = mining.resolve_inputs(corpus, queries, qrels, split, id_column, text_column, query_id_column,
                                    query_text_column)
     summary = mining.mine(inputs, output, mine_options, overwrite=overwrite, verify=verify, num_shards=num_shards,

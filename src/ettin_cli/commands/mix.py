@@ -48,9 +48,10 @@ def mix(
     verify: options.Verify = False,
 ) -> None:
     from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.recipes import load_data_recipe
     from ettin_cli.data import mixing
 
-    data, where = mixing.load_data_recipe(recipe)
+    data, where = load_data_recipe(recipe)
     plan = mixing.load_plan(data, where)
     plan = mixing.apply_options(plan, overrides=mixing.parse_assignments(source, "--source"),
                                 caps=mixing.parse_assignments(cap, "--cap"), sources_dir=sources_dir,

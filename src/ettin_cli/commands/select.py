@@ -57,21 +57,12 @@ def select(
 ) -> None:
     from ettin_cli.core.console import logger
     from ettin_cli.core.errors import EttinError
-    from ettin_cli.data import mixing, selection
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import selection
 
-    data, where = mixing.load_data_recipe(recipe)
-    d = mixing.section(data, "selection", where)
-    band_value = selection.parse_band(band) if band is not None else tuple(d.get("band", (64, 192)))
-    if len(band_value) != 2:
-        raise EttinError(f"{where}: selection.band must be [START, END]")
-    config = selection.SelectionConfig(
-        keep=keep if keep is not None else d.get("keep", 256),
-        hard=hard if hard is not None else d.get("hard", 16),
-        head=head if head is not None else d.get("head", 32),
-        band_count=band_count if band_count is not None else d.get("band_count", 32),
-        band=(int(band_value[0]), int(band_value[1])),
-        seed=seed if seed is not None else d.get("seed", 12),
-    )
+    data, where = load_data_recipe(recipe)
+    config = selection.SelectionConfig.from_recipe(recipe_section(data, "selection", where), where, keep=keep,
+                                                   hard=hard, head=head, band_count=band_count, band=band, seed=seed)
     if per_query is not None and per_query != config.per_query:
         raise EttinError(f"--per-query {per_query} must equal --head {config.head} + --band-count "
                          f"{config.band_count} = {config.per_query}")

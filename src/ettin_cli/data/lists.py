@@ -36,6 +36,7 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
 from ettin_cli.data.mining import pairs_schema
 from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
 from ettin_cli.io.shards import ShardedFolder, ShardWriter
@@ -381,6 +382,13 @@ class ListsOptions:
     lists_per_shard: int = 500
     batch_lists: int = 64
     cache_dir: str | None = None
+
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], **overrides: Any) -> ListsOptions:
+        """The recipe's `mining:` `lists_per_shard` with the options given (not None) on top, validated (the
+        section's `top_k` is the retriever's: a list is kept whole unless `top_k` is given)."""
+        recipe = {k: section[k] for k in ("lists_per_shard",) if k in section}
+        return from_recipe(cls, recipe, **overrides).validate()
 
     def validate(self) -> ListsOptions:
         for name in ("lists_per_shard", "batch_lists") + (("top_k",) if self.top_k is not None else ()):

@@ -34,6 +34,7 @@ import numpy as np
 from ettin_cli.core.console import logger
 from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
 from ettin_cli.io.beir import document_text
 from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
 from ettin_cli.io.shards import ShardedFolder, ShardWriter
@@ -338,6 +339,11 @@ class MineOptions:
     add_positives: bool = True
     batch_size: int = 64
     device: str | None = None
+
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], **overrides: Any) -> MineOptions:
+        """The recipe's `mining:` with the options given (not None) on top, validated."""
+        return from_recipe(cls, section, **overrides).validate()
 
     def validate(self) -> MineOptions:
         for name in ("top_k", "chunk_size", "queries_per_shard", "batch_size"):

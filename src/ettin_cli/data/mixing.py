@@ -521,22 +521,6 @@ def _finished_report(directory: Path, config: dict[str, Any], verify: bool = Fal
     return report
 
 
-def load_data_recipe(recipe_file: str | Path | None = None) -> tuple[dict[str, Any], str]:
-    """`recipes/data.yaml` (or `--recipe FILE`): the defaults of mine, select and mix, and where they came from."""
-    from ettin_cli.core.recipes import read_yaml, recipes_dir
-
-    path = Path(recipe_file) if recipe_file is not None else recipes_dir() / "data.yaml"
-    return read_yaml(path), str(path)
-
-
-def section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    """One mapping of the data recipe (`mining`, `selection`, `mix`); a one-line error when it is not one."""
-    value = recipe.get(name) or {}
-    if not isinstance(value, dict):
-        raise EttinError(f"{where}: '{name}' must be a mapping")
-    return value
-
-
 def _table(title: str, headers: list[str], rows: list[list[str]], numeric: set[str]) -> None:
     import sys
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
 from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
 from ettin_cli.io.shards import ShardedFolder, ShardWriter, is_sharded_output
 
@@ -48,6 +49,19 @@ class SelectionConfig:
     band_count: int = 32
     band: tuple[int, int] = (64, 192)
     seed: int = 12
+
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], where: str = "recipes/data.yaml",
+                    **overrides: Any) -> SelectionConfig:
+        """The recipe's `selection:` with the options given (not None) on top; `band` as `START:END` or a pair."""
+        band = overrides.pop("band", None)
+        band = parse_band(band) if isinstance(band, str) else band
+        if band is None and "band" in section:
+            band = section["band"]
+            if not isinstance(band, (list, tuple)) or len(band) != 2:
+                raise EttinError(f"{where}: selection.band must be [START, END]")
+        config = from_recipe(cls, section, **overrides, band=None if band is None else (int(band[0]), int(band[1])))
+        return config
 
     @property
     def per_query(self) -> int:
