@@ -18,8 +18,11 @@ PARTS = ("queries", "documents", "scores")
 
 
 def write_fine_tuning(root: Path, sources: dict[str, dict[str, list[dict[str, Any]]]],
-                      parts: tuple[str, ...] = PARTS, rows_per_file: int | None = None) -> Path:
-    """`sources[name][part]` = rows of that part; parquet files `PART/NAME-0000i.parquet` + README configs."""
+                      parts: tuple[str, ...] = PARTS, rows_per_file: int | None = None,
+                      schemas: dict[str, Any] | None = None) -> Path:
+    """`sources[name][part]` = rows of that part; parquet files `PART/NAME-0000i.parquet` + README configs.
+
+    `schemas[part]` fixes a part's Arrow schema (rows whose types cannot be inferred, e.g. only empty lists)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -32,7 +35,8 @@ def write_fine_tuning(root: Path, sources: dict[str, dict[str, list[dict[str, An
             step = rows_per_file or max(len(rows), 1)
             (root / part).mkdir(exist_ok=True)
             for i, start in enumerate(range(0, max(len(rows), 1), step)):
-                pq.write_table(pa.Table.from_pylist(rows[start:start + step]), root / part / f"{name}-{i:05d}.parquet")
+                table = pa.Table.from_pylist(rows[start:start + step], schema=(schemas or {}).get(part))
+                pq.write_table(table, root / part / f"{name}-{i:05d}.parquet")
             lines += [f"  - split: {name}", f"    path: {part}/{name}-*.parquet"]
     lines += ["---", "", "A local replica of lightonai/embeddings-fine-tuning (test fixture).", ""]
     (root / "README.md").write_text("\n".join(lines), encoding="utf-8")

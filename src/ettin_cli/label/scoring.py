@@ -382,6 +382,9 @@ def run_score(job: ScoreJob) -> ScoreResult:
     total_rows = int(scan["rows"])
     if total_rows == 0:
         raise EttinError(f"{job.input}: no rows to score")
+    if scan["invalid_rows"] >= total_rows:  # with --skip-invalid: nothing left, refused before the teacher loads
+        raise EttinError(f"{job.input}: 0 rows to write: all {total_rows} rows have a null '{job.query_column}' or "
+                         f"'{job.document_column}'")
     if scan["invalid_rows"] and not job.skip_invalid:
         first = ", ".join(str(r) for r in scan["first_invalid_rows"])
         raise EttinError(f"{job.input}: {scan['invalid_rows']} rows with a null '{job.query_column}' or "
