@@ -402,3 +402,24 @@ def test_push_leaves_training_args_home_unless_asked(tmp_path):
     assert "training_args.bin" not in {f.path_in_repo for f in plan.files}
     plan = hub.plan_model_push(folder, "org/ettin-17m", check=False, include_training_args=True)
     assert "training_args.bin" in {f.path_in_repo for f in plan.files}
+
+
+@pytest.mark.parametrize("env, flag, expected", [(None, [], False), ("1", [], True), (None, ["--verify"], True),
+                                                 ("0", [], False)])
+def test_verify_reaches_the_step_as_an_argument_with_ettin_verify_as_its_default(env, flag, expected, monkeypatch,
+                                                                                 tmp_path, capsys):
+    """#22: `--verify` is declared once (`commands.options.Verify`); ETTIN_VERIFY is read at the CLI edge only."""
+    from conftest import run_cli
+
+    from ettin_cli.data import selection
+
+    seen = {}
+    monkeypatch.setattr(selection, "select", lambda *a, **kw: seen.update(kw) or {})
+    if env is None:
+        monkeypatch.delenv("ETTIN_VERIFY", raising=False)
+    else:
+        monkeypatch.setenv("ETTIN_VERIFY", env)
+    code, _, err = run_cli(["select", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *flag], capsys)
+    assert code == 0, err
+    assert seen["verify"] is expected
+    assert os.environ.get("ETTIN_VERIFY") == env  # nothing writes the environment
