@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from steps import OUTPUTS, STEPS, step_commands, step_digest, write_step_inputs
+from steps import OUTPUTS, STEPS, folder_digest, step_commands, step_digest, write_step_inputs
 
 from ettin_cli.io import shards
 
@@ -30,8 +30,9 @@ from ettin_cli.io import shards
 KILLS = [("write", 2), ("record", 2), ("write", 1), ("manifest", 1)]
 
 
-def _arm(point: str, nth: int) -> None:
-    """In the forked child: SIGKILL this process at the `nth` time it reaches `point`."""
+def _arm(point: str, nth: int, log: Path | None = None) -> None:
+    """In the forked child: SIGKILL this process at the `nth` time it reaches `point`; with `log`, a line per
+    window the teacher finished scoring."""
     seen = {"n": 0}
 
     def hit() -> None:
@@ -39,7 +40,24 @@ def _arm(point: str, nth: int) -> None:
         if seen["n"] == nth:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    if point == "write":
+    if point.startswith("score"):  # inside the teacher's pass over a window, or right after it
+        from ettin_cli.label.encoders import BiEncoderTeacher
+
+        original_score = BiEncoderTeacher.score
+
+        def score(self, *args, **kwargs):
+            if point == "score-during":
+                hit()
+            scores = original_score(self, *args, **kwargs)
+            if log is not None:
+                with open(log, "a", encoding="utf-8") as fh:
+                    fh.write(f"{len(scores)}\n")
+            if point == "score-after":
+                hit()
+            return scores
+
+        BiEncoderTeacher.score = score
+    elif point == "write":
         original_write = shards.ShardWriter.write
 
         def write(self, table):
@@ -61,7 +79,7 @@ def _arm(point: str, nth: int) -> None:
         shards.write_json_atomic = write_json
 
 
-def run_forked(args: list[str], kill: tuple[str, int] | None = None) -> int:
+def run_forked(args: list[str], kill: tuple[str, int] | None = None, log: Path | None = None) -> int:
     """`ettin -q ARGS` in a forked child (with a fault point armed); returns its exit status (-9: killed)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -75,7 +93,7 @@ def run_forked(args: list[str], kill: tuple[str, int] | None = None) -> int:
 
             torch.set_num_threads(1)  # the same in every run (reference included): the same float sums
             if kill is not None:
-                _arm(*kill)
+                _arm(*kill, log)
             main(["-q", *args])
             code = 0
         except SystemExit as exc:
@@ -130,3 +148,39 @@ def test_a_step_killed_again_and_again_then_rerun_equals_an_uninterrupted_run(st
     assert run_forked(args) == 0
     assert not list(target.rglob("*.tmp"))  # the killed writers' temp files are gone
     assert step_digest(step, tmp_path) == step_digest(step, reference)
+
+
+def test_score_killed_at_random_points_resumes_inside_the_shard_losing_at_most_one_window(inputs, minilm_path,
+                                                                                        tmp_path):
+    """#23: rows are committed window by window (row groups) as they are scored, so kill -9 at any point of a
+    long shard loses at most the window in flight; the shard still appears whole, equal to an uninterrupted run's."""
+    import random
+
+    def args(out: Path) -> list[str]:  # one shard of 40 rows, scored in 10 windows of 4
+        return ["score", str(inputs["pairs"]), "--teacher", str(minilm_path), "--device", "cpu", "--limit", "40",
+                "--rows-per-shard", "40", "--sort-window", "4", "--output", str(out)]
+
+    assert run_forked(args(tmp_path / "reference")) == 0
+    out, log = tmp_path / "scored", tmp_path / "windows.log"
+    pieces = shards.ShardedFolder(out).pieces_dir(0)
+    rng = random.Random(23)
+    kills = 3
+    total_scored = 0
+    for _ in range(kills):
+        before = len(list(pieces.glob("*.parquet")))
+        log.write_text("")
+        point = (rng.choice(["score-during", "score-after"]), rng.randint(1, 3))
+        assert run_forked(args(out), point, log) == -signal.SIGKILL, point
+        scored = len(log.read_text().split())  # windows the teacher finished in this run
+        committed = len(list(pieces.glob("*.parquet"))) - before
+        assert committed == scored - (point[0] == "score-after"), point  # lost: only the window in flight
+        assert not (out / ".ettin" / "manifest.json").exists()
+        total_scored += scored
+    left = 10 - len(list(pieces.glob("*.parquet")))
+    log.write_text("")
+    assert run_forked(args(out), ("score-during", 99), log) == 0
+    assert len(log.read_text().split()) == left  # the rerun scored only the windows not committed
+    total_scored += left
+    assert total_scored - 10 <= kills  # over all the kills, at most one window of work lost per kill
+    assert not pieces.exists()  # removed once the shard is done
+    assert folder_digest(out) == folder_digest(tmp_path / "reference")

@@ -165,6 +165,11 @@ class ShardedFolder:
     def record_path(self, index: int) -> Path:
         return self.meta / (shard_name(index) + DONE_SUFFIX)
 
+    def pieces_dir(self, index: int) -> Path:
+        """`.ettin/pieces/part-0000i.parquet/`: row groups of shard `index` committed as they are made, so a step
+        killed inside a long shard resumes from its last committed piece (score); removed once the shard is done."""
+        return self.meta / "pieces" / shard_name(index)
+
     def config_sha256(self) -> str | None:
         run = _read_json(self.meta / RUN_FILE)
         return run.get("config_sha256") if run else None

@@ -283,52 +283,41 @@ class ScoreStep(ShardedStep[ScoreStats]):
                                         key=lambda p: p[0])
 
     def work(self, index: int, writer: ShardWriter) -> ScoreStats:
-        """Score one shard window by window into its writer; the counts are the teacher's for this shard."""
-        import numpy as np
-        import pyarrow as pa
+        """Score one shard window by window into its writer; the counts are the teacher's for this shard.
 
-        from ettin_cli.io.tables import invalid_rows, text_column
-
-        job, teacher, rows, bar = self.job, self.teacher, self.ranges[index], writer.progress
+        Each scored window is also committed at once as a piece (`ShardedFolder.pieces_dir`: one parquet file,
+        renamed into place, its counts in the file's metadata). A rerun after a kill takes the committed windows
+        back instead of scoring them again, so an interruption loses at most the window in flight; the shard
+        itself still appears atomically, with the same bytes as an uninterrupted run's.
+        """
+        job, rows, bar = self.job, self.ranges[index], writer.progress
         found, group = next(self.groups, (None, iter(())))
         if found != index:
             raise EttinError(f"{job.input}: the input ended before shard {index} (rows {rows[0]}-{rows[1] - 1}); "
                              "did it change during the run?")
         started = time.perf_counter()
-        before = teacher.stats.copy()
+        pieces = Pieces(ShardedFolder(job.output), index)
+        total = ScoreStats()
         seen = skipped = 0
         first_skipped: list[int] = []
-        for window in _windows(group, job.window_rows):
+        for k, window in enumerate(_windows(group, job.window_rows)):
             first_row = rows[0] + seen
-            window_rows = window.num_rows
-            seen += window_rows
-            if job.skip_invalid:
-                bad = invalid_rows(window, (job.query_column, job.document_column), first_row, job.input)
-                if bad:
-                    keep = np.ones(window.num_rows, dtype=bool)
-                    keep[np.asarray(bad) - first_row] = False
-                    window = window.filter(pa.array(keep))
-                    skipped += len(bad)
-                    first_skipped.extend(bad[: max(0, 10 - len(first_skipped))])
-            queries = text_column(window, job.query_column, first_row, job.input).to_pylist()
-            documents = text_column(window, job.document_column, first_row, job.input).to_pylist()
-            # The bar moves per batch when the teacher reports batches (`on_batch`), else per window: a shard
-            # of 100,000 pairs on a 1.5B teacher is many minutes, far too long between updates.
-            target = bar.done + window_rows
-            if hasattr(teacher, "on_batch"):
-                teacher.on_batch = bar.advance
-            try:
-                scores = teacher.score(queries, documents, batch_size=job.batch_size,
-                                       max_tokens_per_batch=job.max_tokens_per_batch)
-            finally:
-                if hasattr(teacher, "on_batch"):
-                    teacher.on_batch = None
-            writer.write(window.append_column(self.output_schema.field(job.score_column),
-                                              pa.array(scores, type=pa.float32())))
+            seen += window.num_rows
+            target = bar.done + window.num_rows
+            piece = pieces.take(k, window.num_rows)
+            if piece is None:
+                piece = self._score_window(window, first_row, bar)
+                pieces.commit(k, window.num_rows, piece)
+            table, stats, bad = piece
+            total += stats
+            skipped += len(bad)
+            first_skipped.extend(bad[: max(0, 10 - len(first_skipped))])
+            writer.write(table)
             bar.advance_to(target)
         if seen != rows[1] - rows[0]:
             raise EttinError(f"{job.input}: shard {index} expected input rows {rows[0]}-{rows[1] - 1} but read "
                              f"{seen}; did the input change during the run?")
+        teacher = self.teacher
         writer.extra.update({
             "input_rows": [rows[0], rows[1]],
             "skipped_invalid": skipped,
@@ -339,10 +328,97 @@ class ScoreStep(ShardedStep[ScoreStats]):
             "world_size": self.rank.world_size,
         })
         self.rows_scored += writer.rows
-        return teacher.stats - before
+        return total
+
+    def _score_window(self, window: Any, first_row: int, bar: Any) -> tuple[Any, ScoreStats, list[int]]:
+        """(the window with its scores, the teacher's counts for it, input rows skipped as invalid)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from ettin_cli.io.tables import invalid_rows, text_column
+
+        job, teacher = self.job, self.teacher
+        before = teacher.stats.copy()
+        bad: list[int] = []
+        if job.skip_invalid:
+            bad = invalid_rows(window, (job.query_column, job.document_column), first_row, job.input)
+            if bad:
+                keep = np.ones(window.num_rows, dtype=bool)
+                keep[np.asarray(bad) - first_row] = False
+                window = window.filter(pa.array(keep))
+        queries = text_column(window, job.query_column, first_row, job.input).to_pylist()
+        documents = text_column(window, job.document_column, first_row, job.input).to_pylist()
+        # The bar moves per batch when the teacher reports batches (`on_batch`), else per window: a shard
+        # of 100,000 pairs on a 1.5B teacher is many minutes, far too long between updates.
+        if hasattr(teacher, "on_batch"):
+            teacher.on_batch = bar.advance
+        try:
+            scores = teacher.score(queries, documents, batch_size=job.batch_size,
+                                   max_tokens_per_batch=job.max_tokens_per_batch)
+        finally:
+            if hasattr(teacher, "on_batch"):
+                teacher.on_batch = None
+        table = window.append_column(self.output_schema.field(job.score_column), pa.array(scores, type=pa.float32()))
+        return table, teacher.stats - before, list(bad)
 
     def manifest_extra(self, records: list[dict[str, Any]], total: ScoreStats) -> dict[str, Any]:
         return summarize_records(records, total, self.run_info)
+
+
+class Pieces:
+    """The committed windows of one shard being scored (`.ettin/pieces/<shard>/<k>.parquet`), for this config.
+
+    A piece is window k's output rows, written to a temp file and renamed (a kill leaves a whole piece or none);
+    its metadata holds the config hash, the window's input rows, the teacher's counts and the skipped rows. Only
+    an unbroken run of pieces 0..k-1 of the current config is taken back.
+    """
+
+    KEY = b"ettin_piece"
+
+    def __init__(self, folder: ShardedFolder, index: int):
+        self.root = folder.pieces_dir(index)
+        self.digest = folder.config_sha256()
+        self.usable = True
+
+    def path(self, k: int) -> Path:
+        return self.root / f"{k:06d}.parquet"
+
+    def take(self, k: int, input_rows: int) -> tuple[Any, ScoreStats, list[int]] | None:
+        """Window k as committed by an earlier attempt (rows, counts, skipped rows), or None to score it."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        if not self.usable or not self.path(k).is_file():
+            self.usable = False
+            return None
+        try:
+            table = pq.read_table(self.path(k))
+            meta = json.loads((table.schema.metadata or {}).get(self.KEY, b"{}"))
+        except Exception:  # noqa: BLE001 - an unreadable piece is scored again
+            meta = {}
+        if meta.get("config_sha256") != self.digest or meta.get("input_rows") != input_rows:
+            self.usable = False
+            return None
+        return (table.replace_schema_metadata(self._plain(table.schema.metadata)), ScoreStats.from_dict(meta["stats"]),
+                list(meta["skipped"]))
+
+    def commit(self, k: int, input_rows: int, piece: tuple[Any, ScoreStats, list[int]]) -> None:
+        import json
+
+        import pyarrow.parquet as pq
+
+        from ettin_cli.core.files import atomic_path
+
+        table, stats, bad = piece
+        meta = {"config_sha256": self.digest, "input_rows": input_rows, "stats": stats.as_dict(), "skipped": bad}
+        tagged = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(meta)})
+        with atomic_path(self.path(k)) as tmp:
+            pq.write_table(tagged, tmp)
+
+    def _plain(self, metadata: dict[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+        rest = {k: v for k, v in (metadata or {}).items() if k != self.KEY}
+        return rest or None
 
 
 def run_score(job: ScoreJob) -> ScoreResult:
@@ -407,6 +483,8 @@ def run_score(job: ScoreJob) -> ScoreResult:
     }
     step = ScoreStep(job, source, handle, ranges, total_rows, run_info, scan, rank)
     run = run_step(step, output, config, rank=rank, overwrite=job.overwrite, verify=job.verify)
+    for index in run.records:  # a finished shard's committed windows are no longer needed
+        shutil.rmtree(output.pieces_dir(index), ignore_errors=True)
     if run.manifest is None:
         logger.info("this worker's shards are done; the manifest is written once every shard is finished")
     else:
