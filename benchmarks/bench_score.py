@@ -264,7 +264,7 @@ def mxbai_rows(args, cranfield: Path, queries: list[str], documents: list[str], 
     before = teacher.stats.copy()
     wall, cpu, ((naive_scores, naive_pad, _), fast_scores) = timed_pair(
         lambda: naive_mxbai(teacher, seqs, args.batch_size), lambda: teacher.score(queries, documents), args.repeats)
-    fast_pad = teacher.stats.minus(before).padding_share
+    fast_pad = (teacher.stats - before).padding_share
     diff = float(np.abs(fast_scores - naive_scores).max())
     rows.append(("mxbai-v2 naive (MxbaiRerankV2.predict way)", f"{n / wall[0]:,.1f}", f"{n / cpu[0]:,.1f}",
                  "1.00x", "1.00x", f"{naive_pad:.1%}", f"full logits, vocab {teacher.model.config.vocab_size}"))
@@ -300,7 +300,7 @@ def cross_encoder_rows(args, queries: list[str], documents: list[str], rows: lis
     wall, cpu, (predict_scores, ours_scores) = timed_pair(
         lambda: ce.predict(pair_list, batch_size=args.batch_size, activation_fn=identity, show_progress_bar=False),
         lambda: ce_teacher.score(queries, documents), args.repeats)
-    ours_pad = ce_teacher.stats.minus(before).padding_share
+    ours_pad = (ce_teacher.stats - before).padding_share
     ce_diff = float(np.abs(np.asarray(predict_scores) - ours_scores).max())
     rows.append(("cross-encoder CrossEncoder.predict", f"{n / wall[0]:,.1f}", f"{n / cpu[0]:,.1f}", "1.00x", "1.00x",
                  f"{predict_pad:.1%}", f"batch size {args.batch_size}, identity activation"))

@@ -28,13 +28,13 @@ def stand_in_hub():
 def scored_dir(root: Path, name: str, rows: list[dict], per_shard: int = 7) -> Path:
     """A folder laid out as `ettin score` writes it: input columns + `score` float32, shards, manifest."""
     folder = root / name
-    shards.prepare_output(folder, {"step": "score", "teacher": TEACHER, "subset": name})
+    shards.ShardedFolder(folder).prepare({"step": "score", "teacher": TEACHER, "subset": name})
     table = pa.Table.from_pylist(rows).append_column(
         "score", pa.array([r.pop("_score") for r in rows], type=pa.float32())).drop_columns(["_score"])
     n = max(1, math.ceil(table.num_rows / per_shard))
     for i in range(n):
-        shards.write_shard(folder, i, table.slice(i * per_shard, per_shard))
-    shards.finalize_manifest(folder, n, {"teacher": TEACHER})
+        shards.ShardedFolder(folder).write(i, table.slice(i * per_shard, per_shard))
+    shards.ShardedFolder(folder).finalize(n, {"teacher": TEACHER})
     return folder
 
 
@@ -57,7 +57,7 @@ def mix(cranfield_pairs, tmp_path_factory):
 def local_rows(folder: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(folder)])
+    table = pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(folder).shards()])
     return [{"query": q, "document": d, "label": s} for q, d, s in zip(
         table.column("query").to_pylist(), table.column("document").to_pylist(),
         table.column("score").cast(pa.float32()).to_pylist(), strict=True)]
@@ -107,12 +107,12 @@ def test_a_validation_split_without_its_config_is_refused(mix, stand_in_hub, tmp
 def test_bad_targets_are_one_line_and_nothing_is_written(bad, needles, stand_in_hub, tmp_path):
     stand_in_hub.reset()
     folder = tmp_path / "broken"
-    shards.prepare_output(folder, {"step": "score"})
+    shards.ShardedFolder(folder).prepare({"step": "score"})
     table = pa.table({"query": [f"q{i}" for i in range(len(bad))], "document": ["d"] * len(bad),
                       "score": pa.array(bad)})
-    shards.write_shard(folder, 0, table.slice(0, 2))
-    shards.write_shard(folder, 1, table.slice(2))
-    shards.finalize_manifest(folder, 2)
+    shards.ShardedFolder(folder).write(0, table.slice(0, 2))
+    shards.ShardedFolder(folder).write(1, table.slice(2))
+    shards.ShardedFolder(folder).finalize(2)
     result = run_push([str(folder), "--repo-id", f"{ORG}/d", "--repo-type", "dataset"], stand_in_hub, tmp_path)
     refused(result, stand_in_hub, *needles)
     assert not (folder / ".ettin" / "release").exists()

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from replicas import write_fine_tuning
+from replicas import fine_tuning_sources, write_fine_tuning
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.data import lists, mining
@@ -24,60 +19,17 @@ ETTIN = [sys.executable, "-m", "ettin_cli"]
 
 
 def read_rows(directory: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 def shard_bytes(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("part-*.parquet"))}
 
 
-def build_sources(cranfield) -> dict:
-    """Two sources with real Cranfield text: `fiqa` with dense ids (id = row), `nq` with sparse shuffled ids.
-
-    Lists mix judged and random documents, in a shuffled order; planted: a duplicated id, an empty list, a
-    positive that is not in its list, and a list without positives.
-    """
-    import random
-
-    rng = random.Random(7)
-    doc_ids = sorted(cranfield.corpus, key=int)[:300]
-    out = {}
-    for name, sparse in (("fiqa", False), ("nq", True)):
-        ids = list(range(len(doc_ids)))
-        if sparse:
-            ids = rng.sample(range(10_000, 90_000), len(doc_ids))
-        id_of = dict(zip(doc_ids, ids, strict=True))
-        documents = [{"document_id": id_of[d], "document": cranfield.corpus[d]} for d in doc_ids]
-        if sparse:
-            rng.shuffle(documents)
-        queries, scores = [], []
-        judged = [q for q in cranfield.judged_queries if any(d in id_of for d in cranfield.qrels[q])][:24]
-        for n, qid in enumerate(judged):
-            qnum = 500 + n if sparse else n
-            queries.append({"query_id": qnum, "query": cranfield.queries[qid]})
-            pos = [id_of[d] for d, g in cranfield.qrels[qid].items() if g > 0 and d in id_of]
-            listed = pos[:2] + [id_of[d] for d in rng.sample(doc_ids, 12)]
-            listed = list(dict.fromkeys(listed))
-            rng.shuffle(listed)
-            if n == 3:
-                listed.append(listed[0])  # a duplicate listing
-            if n == 5:
-                listed = []  # an empty list
-            positives = pos[:3]
-            if n == 7:
-                positives = []
-            scores.append({"query_id": qnum, "document_ids": listed,
-                           "scores": [round(1.0 - 0.01 * i, 4) for i in range(len(listed))],
-                           "positive_ids": positives})
-        rng.shuffle(queries)
-        out[name] = {"queries": queries, "documents": documents, "scores": scores}
-    return out
-
-
 @pytest.fixture(scope="module")
 def replica(cranfield, tmp_path_factory):
     root = tmp_path_factory.mktemp("embeddings-fine-tuning")
-    data = build_sources(cranfield)
+    data = fine_tuning_sources(cranfield)
     write_fine_tuning(root / "ft", data, rows_per_file=100)
     return {"root": root / "ft", "data": data, "cache": str(root / "hf-cache")}
 
@@ -117,12 +69,12 @@ def test_pairs_are_exactly_the_listed_ids_with_their_positives(replica, tmp_path
         assert got["retriever_score"] == pytest.approx(want.pop("retriever_score"), abs=1e-6)
         assert {k: got[k] for k in want} == want
     assert summary["duplicates"] == 1 and summary["empty_lists"] == 1
-    assert summary["rows"] == len(expected) == shards.read_manifest(out)["totals"]["rows"]
+    assert summary["rows"] == len(expected) == shards.ShardedFolder(out).manifest()["totals"]["rows"]
     assert summary["lists_without_positive"] == sum(
         not any(r["is_positive"] for r in expected if r["query_id"] == str(e["query_id"]))
         for e in replica["data"][source]["scores"])
     # the same schema `ettin mine` writes with qrels: score and select read it unchanged
-    schema = pq.read_schema(shards.shard_paths(out)[0])
+    schema = pq.read_schema(shards.ShardedFolder(out).shards()[0])
     assert schema.names == list(mining.OUTPUT_COLUMNS)
 
 
@@ -179,29 +131,6 @@ def test_ranks_split_the_shards_and_resume_after_a_partial_shard(replica, tmp_pa
     assert shard_bytes(split) == reference
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished shards were not redone
     assert not list(split.glob(".*.tmp"))
-
-
-def test_a_run_killed_mid_way_then_rerun_gives_the_same_output(replica, tmp_path):
-    env = {**os.environ, "HF_DATASETS_CACHE": replica["cache"]}
-    args = [*ETTIN, "-q", "mine", "--lists", str(replica["root"]), "--source", "fiqa", "--queries-per-shard", "1"]
-    reference = tmp_path / "reference"
-    assert subprocess.run([*args, "--output", str(reference)], env=env, capture_output=True).returncode == 0
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*args, "--output", str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob(".ettin/*.done.json")) and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if (out / ".ettin" / "manifest.json").exists():  # pragma: no cover - the machine was too fast to catch it mid-way
-        pytest.skip("the run finished before it could be killed")
-    assert len(list(out.glob(".ettin/*.done.json"))) < 24
-    rerun = subprocess.run([*args, "--output", str(out)], env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert shard_bytes(out) == shard_bytes(reference)
-    assert json.loads((out / ".ettin" / "manifest.json").read_text())["totals"] == json.loads(
-        (reference / ".ettin" / "manifest.json").read_text())["totals"]
 
 
 def test_id_index_on_string_ids():

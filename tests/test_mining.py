@@ -21,7 +21,7 @@ ETTIN = [sys.executable, "-m", "ettin_cli"]
 
 
 def read_rows(directory: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 def by_query(rows: list[dict]) -> dict[str, list[dict]]:
@@ -53,7 +53,7 @@ def test_bm25_mining_recalls_most_judged_documents(bm25_run, cranfield):
     # recall@200 measured independently by ir_measures from the written rows agrees with the manifest
     measured = ir_measures.calc_aggregate([R @ 200], qrels, run)[R @ 200]
     assert measured == pytest.approx(summary["recall@200"], abs=1e-9)
-    manifest = shards.read_manifest(out)
+    manifest = shards.ShardedFolder(out).manifest()
     assert manifest["summary"]["recall@200"] == pytest.approx(measured)
     # "most judged-relevant documents" are in the top 200 of 1400, far above a random pick (200/1400 = 0.14)
     assert measured > 0.5 and summary["recall@200_micro"] > 0.5
@@ -117,7 +117,7 @@ def test_mining_resumes_and_refuses_a_different_config(bm25_run, cranfield_dir, 
     shutil.copytree(source, out)
     before = read_rows(source)
     kept_mtime = (out / "part-00000.parquet").stat().st_mtime_ns
-    shards.remove_shard(out, 1)
+    shards.ShardedFolder(out).remove(1)
     (out / ".ettin" / "manifest.json").unlink()
     inputs = mining.resolve_inputs(cranfield_dir, split="test")
     summary = mining.mine(inputs, out, mining.MineOptions(top_k=200, queries_per_shard=100))
@@ -218,7 +218,7 @@ def test_cli_mine_writes_shards_and_reports_bad_input_in_one_line(cranfield_dir,
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(ok.stdout)
     assert summary["complete"] and summary["recall@20"] > 0
-    assert shards.read_manifest(out)["totals"]["rows"] == summary["rows"]
+    assert shards.ShardedFolder(out).manifest()["totals"]["rows"] == summary["rows"]
     bad = tmp_path / "bad.tsv"
     bad.write_text("1\tnope\t1\n", encoding="utf-8")
     fail = subprocess.run([*ETTIN, "mine", "--corpus", str(cranfield_dir), "--qrels", str(bad), "--output",
@@ -304,7 +304,7 @@ def test_empty_unjudged_queries_are_skipped_with_a_count_and_judged_ones_refused
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\nq3\td3\t1\n")
     summary = mining.mine(mining.resolve_inputs(root, split="train"), tmp_path / "out", mining.MineOptions(top_k=3))
     assert summary["complete"] and summary["empty_queries_skipped"] == 1
-    assert shards.read_manifest(tmp_path / "out")["summary"]["empty_queries_skipped"] == 1
+    assert shards.ShardedFolder(tmp_path / "out").manifest()["summary"]["empty_queries_skipped"] == 1
     assert set(pq.read_table(tmp_path / "out").column("query_id").to_pylist()) == {"q0", "q1"}
     assert set(load_beir(root, "test").queries) == {"q2", "q3"}
     # Without qrels every query is unjudged: the empty one is skipped, the others mined.

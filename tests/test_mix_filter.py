@@ -11,6 +11,7 @@ import yaml
 from replicas import pretraining_rows
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import load_data_recipe
 from ettin_cli.data import mixing
 from ettin_cli.io import shards
 
@@ -18,7 +19,7 @@ VAL = 10
 
 
 def read_subset(directory):
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 def flags_for(n: int, seed: int) -> list[tuple[bool | None, int | None]]:
@@ -57,7 +58,7 @@ def flagged(cranfield, tmp_path_factory):
 
 
 def plan(root, caps=None):
-    data, where = mixing.load_data_recipe(root / "data.yaml")
+    data, where = load_data_recipe(root / "data.yaml")
     return mixing.apply_options(mixing.load_plan(data, where), overrides={
         "quora": str(root / "quora"), "agnews": str(root / "agnews")}, caps=caps)
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import load_data_recipe
 from ettin_cli.data import mixing
 from ettin_cli.io import shards
 
@@ -27,7 +28,7 @@ def pairs(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def read_subset(directory: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()]).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +49,13 @@ def sources(cranfield, tmp_path_factory):
             fh.write(json.dumps(row) + "\n")
     pacsv.write_csv(pa.Table.from_pylist(s2), root / "s2.csv")
     selected = root / "msmarco"  # an `ettin select`-style output: sharded, with a score column
-    shards.prepare_output(selected, {"step": "select"})
+    shards.ShardedFolder(selected).prepare({"step": "select"})
     table = pa.Table.from_pylist([{"query_id": r["query_id"], "query": r["query"], "document": r["document"],
                                    "score": float(r["label"]) * 3.0 - 1.0}
                                   for r in make_pairs(cranfield, 8, 4, seed=4)])
-    shards.write_shard(selected, 0, table.slice(0, 20))
-    shards.write_shard(selected, 1, table.slice(20))
-    shards.finalize_manifest(selected, 2)
+    shards.ShardedFolder(selected).write(0, table.slice(0, 20))
+    shards.ShardedFolder(selected).write(1, table.slice(20))
+    shards.ShardedFolder(selected).finalize(2)
     recipe = {
         "mix": {"seed": 5, "rows_per_shard": 40,
                 "validation": {"source": "quora", "rows": VAL_ROWS, "take": "tail"}},
@@ -77,7 +78,7 @@ def sources(cranfield, tmp_path_factory):
 
 
 def plan_for(src, **kwargs) -> mixing.MixPlan:
-    data, where = mixing.load_data_recipe(src["recipe"])
+    data, where = load_data_recipe(src["recipe"])
     plan = mixing.load_plan(data, where)
     return mixing.apply_options(plan, overrides=dict(src["overrides"]), **kwargs)
 
@@ -140,10 +141,10 @@ def test_subsets_keep_provenance_scores_and_a_summary(sources, built):
     summary = json.loads((out / "summary.json").read_text())
     by_name = {s["name"]: s for s in summary["subsets"]}
     for name in ("quora", "agnews", "s2", "msmarco", "validation"):
-        assert by_name[name]["rows"] == shards.read_manifest(out / name)["totals"]["rows"]
+        assert by_name[name]["rows"] == shards.ShardedFolder(out / name).manifest()["totals"]["rows"]
     assert summary["validation_rows"] == VAL_ROWS
     assert summary["train_rows"] == sum(by_name[n]["rows"] for n in ("quora", "agnews", "s2", "msmarco"))
-    sizes = [entry["rows"] for entry in shards.read_manifest(out / "quora")["shards"]]
+    sizes = [entry["rows"] for entry in shards.ShardedFolder(out / "quora").manifest()["shards"]]
     assert sum(sizes) == by_name["quora"]["rows"] and all(n == 40 for n in sizes[:-1]) and 0 < sizes[-1] <= 40
 
 
@@ -170,7 +171,7 @@ RETRIEVAL = ("fever", "fiqa", "hotpotqa", "msmarco", "nq", "squadv2", "trivia")
 
 
 def test_published_data_recipe_names_the_39_released_configs():
-    data, where = mixing.load_data_recipe()
+    data, where = load_data_recipe()
     plan = mixing.load_plan(data, where)
     by_name = {s.name: s for s in plan.sources}
     pre = [s.name for s in plan.sources if s.group == "pre-training"]

@@ -19,12 +19,13 @@ import pytest
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io import shards
+from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _finished_folder(root: Path, parts: int = 2) -> Path:
-    folder = shards.open_folder(root)
+    folder = shards.ShardedFolder(root)
     folder.prepare({"step": "test", "input": {"sha256": "a", "rows": 4}})
     for i in range(parts):
         folder.write(i, pa.table({"query_id": [f"00{i}"], "query": [f"q{i}"], "document": [f"d{i}"],
@@ -50,11 +51,12 @@ def test_a_finished_folder_opens_as_plain_parquet(tmp_path):
 
 
 def test_resume_checks_size_and_verify_checks_bytes(tmp_path, monkeypatch):
-    """#12.3: a rerun trusts a record + size; `--verify` or ETTIN_VERIFY=1 hashes and catches altered bytes."""
+    """#12.3: a rerun trusts a record + size; `verify` hashes and catches altered bytes; ETTIN_VERIFY=1 is read
+    once, as the default of the commands' --verify (#22: no environment side channel in the library)."""
     from ettin_cli.core.distributed import Rank
 
     root = _finished_folder(tmp_path / "out")
-    folder = shards.open_folder(root)
+    folder = shards.ShardedFolder(root)
     shard = root / "part-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-12] + b"XXXXXXXXPAR1"[-12:])  # same size, other bytes
     monkeypatch.delenv("ETTIN_VERIFY", raising=False)
@@ -63,25 +65,56 @@ def test_resume_checks_size_and_verify_checks_bytes(tmp_path, monkeypatch):
     assert len(folder.shards()) == 2  # readers: size only by default
     with pytest.raises(EttinError, match=r"part-00001\.parquet: sha256 .* does not match"):
         folder.shards(verify=True)
-    monkeypatch.setenv("ETTIN_VERIFY", "1")
-    done, todo = folder.pending(2, Rank(0, 1, 0))
+    done, todo = folder.pending(2, Rank(0, 1, 0), verify=True)
     assert sorted(done) == [0] and todo == [1]
-    worked = folder.run_owned(2, Rank(1, 2, 0), lambda i: folder.write(i, pa.table({"x": [i]})))
-    assert worked.owned == [1] and worked.done == [1] and worked.skipped == []
+    monkeypatch.setenv("ETTIN_VERIFY", "1")
+    assert sorted(folder.pending(2, Rank(0, 1, 0))[0]) == [0, 1]  # the library reads no environment variable
 
 
-def test_run_owned_skips_finished_shards_of_this_rank_only(tmp_path):
+class _Numbers(ShardedStep):
+    """A step writing shard i as the row `x = i` (and counting it), recording which shards it worked."""
+
+    name = "numbers"
+
+    def __init__(self, n: int, calls: list[int]):
+        self.n, self.calls = n, calls
+
+    def shards(self) -> int:
+        return self.n
+
+    def schema(self, index: int) -> pa.Schema:
+        return pa.schema([("x", pa.int64())])
+
+    def work(self, index: int, writer) -> Counts:
+        self.calls.append(index)
+        writer.write(pa.table({"x": [index]}))
+        return Counts()
+
+
+def test_the_lifecycle_skips_finished_shards_of_this_rank_only(tmp_path):
     from ettin_cli.core.distributed import Rank
 
-    folder = shards.open_folder(tmp_path / "o")
-    folder.prepare({"step": "t"})
+    folder = shards.ShardedFolder(tmp_path / "o")
+    config = {"step": "numbers"}
+    folder.prepare(config)
     folder.write(2, pa.table({"x": [2]}))
     calls: list[int] = []
-    result = folder.run_owned(5, Rank(0, 2, 0), lambda i: (calls.append(i), folder.write(i, pa.table({"x": [i]}))))
-    assert result.owned == [0, 2, 4] and result.skipped == [2] and calls == [0, 4]
-    assert folder.finalize(5) is None  # rank 1's shards are missing
-    folder.run_owned(5, Rank(1, 2, 0), lambda i: folder.write(i, pa.table({"x": [i]})))
-    assert folder.finalize(5)["totals"]["rows"] == 5
+    run = run_step(_Numbers(5, calls), folder, config, rank=Rank(0, 2, 0))
+    assert run.owned == [0, 2, 4] and run.skipped == [2] and run.done == [0, 4] and calls == [0, 4]
+    assert run.manifest is None and not run.complete  # rank 1's shards are missing
+    run = run_step(_Numbers(5, calls), folder, config, rank=Rank(1, 2, 0))
+    assert run.done == [1, 3] and run.complete and run.manifest["totals"]["rows"] == 5
+
+
+def test_counts_add_up_field_by_field_and_tallies_key_by_key():
+    from ettin_cli.data.selection import SelectionCounts
+
+    a = SelectionCounts(queries=2, rows_out=10, by_role={"head": 4, "band": 6})
+    b = SelectionCounts(queries=1, rows_out=3, by_role={"head": 2, "fill": 1})
+    total = sum([a, b], SelectionCounts())
+    assert total.queries == 3 and total.rows_out == 13 and total.by_role == {"head": 6, "band": 6, "fill": 1}
+    assert SelectionCounts.from_record(dict(b.to_record(), rows=3)) == b  # stored under "counts" in the record
+    assert (total - b) == SelectionCounts(queries=2, rows_out=10, by_role={"head": 4, "band": 6, "fill": 0})
 
 
 def test_a_refused_rerun_names_only_the_keys_that_differ(tmp_path):
@@ -89,7 +122,7 @@ def test_a_refused_rerun_names_only_the_keys_that_differ(tmp_path):
     root = _finished_folder(tmp_path / "out")
     other = {"step": "test", "input": {"sha256": "b", "rows": 4}}
     with pytest.raises(EttinError) as info:
-        shards.check_output(root, other)
+        shards.ShardedFolder(root).check(other)
     message = str(info.value)
     assert "input.sha256: 'a' -> 'b'" in message
     assert "rows" not in message and "step" not in message
@@ -392,3 +425,24 @@ def test_push_leaves_training_args_home_unless_asked(tmp_path):
     assert "training_args.bin" not in {f.path_in_repo for f in plan.files}
     plan = model_push.plan_model_push(folder, "org/ettin-17m", check=False, include_training_args=True)
     assert "training_args.bin" in {f.path_in_repo for f in plan.files}
+
+
+@pytest.mark.parametrize("env, flag, expected", [(None, [], False), ("1", [], True), (None, ["--verify"], True),
+                                                 ("0", [], False)])
+def test_verify_reaches_the_step_as_an_argument_with_ettin_verify_as_its_default(env, flag, expected, monkeypatch,
+                                                                                 tmp_path, capsys):
+    """#22: `--verify` is declared once (`commands.options.Verify`); ETTIN_VERIFY is read at the CLI edge only."""
+    from conftest import run_cli
+
+    from ettin_cli.data import selection
+
+    seen = {}
+    monkeypatch.setattr(selection, "select", lambda *a, **kw: seen.update(kw) or {})
+    if env is None:
+        monkeypatch.delenv("ETTIN_VERIFY", raising=False)
+    else:
+        monkeypatch.setenv("ETTIN_VERIFY", env)
+    code, _, err = run_cli(["select", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *flag], capsys)
+    assert code == 0, err
+    assert seen["verify"] is expected
+    assert os.environ.get("ETTIN_VERIFY") == env  # nothing writes the environment

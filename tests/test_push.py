@@ -481,9 +481,9 @@ def test_score_dir_checks(score_dirs, tmp_path):
         score_folder.verify_score_dir(f"bad name={score_dirs[0]}")
 
     unscored = tmp_path / "unscored"
-    shards.prepare_output(unscored, {"teacher": TEACHER})
-    shards.write_shard(unscored, 0, pa.table({"query": ["q"], "document": ["d"]}))
-    shards.finalize_manifest(unscored, 1)
+    shards.ShardedFolder(unscored).prepare({"teacher": TEACHER})
+    shards.ShardedFolder(unscored).write(0, pa.table({"query": ["q"], "document": ["d"]}))
+    shards.ShardedFolder(unscored).finalize(1)
     with pytest.raises(EttinError, match="no 'score' column"):
         score_folder.verify_score_dir(unscored)
 

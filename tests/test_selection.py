@@ -50,12 +50,18 @@ def _query(n: int, n_pos: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_recipe_defaults_match_the_recipe():
-    from ettin_cli.core.recipes import read_yaml, recipes_dir
+    """#22: the data recipe is read in one place (`core.recipes`) and the typed config is built from it."""
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
 
-    sel = read_yaml(recipes_dir() / "data.yaml")["selection"]
-    cfg = SelectionConfig(keep=sel["keep"], hard=sel["hard"], head=sel["head"], band_count=sel["band_count"],
-                          band=tuple(sel["band"]), seed=sel["seed"]).validate()
+    data, where = load_data_recipe()
+    section = recipe_section(data, "selection", where)
+    cfg = SelectionConfig.from_recipe(section, where).validate()
     assert (cfg.keep, cfg.hard, cfg.per_query, cfg.head, cfg.band_count) == (256, 16, 64, 32, 32)
+    assert cfg == SelectionConfig()  # the dataclass defaults say what the recipe says
+    over = SelectionConfig.from_recipe(section, where, keep=128, band="32:96", seed=None)
+    assert (over.keep, over.band, over.seed, over.hard) == (128, (32, 96), section["seed"], section["hard"])
+    with pytest.raises(EttinError, match=r"data.yaml: selection.band must be \[START, END\]"):
+        SelectionConfig.from_recipe({**section, "band": [1, 2, 3]}, where)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -198,12 +204,12 @@ def test_selection_is_deterministic_per_seed_and_query():
 
 def write_scored(table: pa.Table, directory: Path, rows_per_shard: int) -> Path:
     """`table` as an `ettin score`-style output: shards cut every `rows_per_shard` rows (mid-query), manifest."""
-    shards.prepare_output(directory, {"step": "score", "rows_per_shard": rows_per_shard})
+    shards.ShardedFolder(directory).prepare({"step": "score", "rows_per_shard": rows_per_shard})
     n = 0
     for i, start in enumerate(range(0, table.num_rows, rows_per_shard)):
-        shards.write_shard(directory, i, table.slice(start, rows_per_shard))
+        shards.ShardedFolder(directory).write(i, table.slice(start, rows_per_shard))
         n += 1
-    shards.finalize_manifest(directory, n)
+    shards.ShardedFolder(directory).finalize(n)
     return directory
 
 
@@ -214,7 +220,7 @@ def scored(cranfield_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("select")
     mining.mine(mining.resolve_inputs(cranfield_dir, split="test"), root / "mined", mining.MineOptions(top_k=300))
-    table = pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(root / "mined")])
+    table = pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(root / "mined").shards()])
     rng = np.random.default_rng(0)
     base = np.nan_to_num(table.column("retriever_score").to_numpy(zero_copy_only=False).astype(float), nan=0.0)
     score = (base + rng.normal(0, 2.0, table.num_rows)).astype(np.float32)
@@ -223,7 +229,7 @@ def scored(cranfield_dir, tmp_path_factory):
 
 
 def read_dir(directory: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in shards.shard_paths(directory)])
+    return pa.concat_tables([pq.read_table(p) for p in shards.ShardedFolder(directory).shards()])
 
 
 def groups(table: pa.Table) -> dict[str, list[dict]]:
@@ -256,7 +262,7 @@ def test_select_on_cranfield_keeps_positives_and_exact_counts(scored, tmp_path):
             assert r["teacher_rank"] == rank_of[r["doc_id"]]
         head = [r for r in got if r["selected_by"] in ("positive", "head")]
         assert len(head) == min(n, max(CFG.head, n_pos))
-    manifest = shards.read_manifest(tmp_path / "sel")["summary"]
+    manifest = shards.ShardedFolder(tmp_path / "sel").manifest()["summary"]
     assert manifest["queries"] == len(src) and manifest["queries_short"] == short
     assert manifest["positives_out"] == manifest["positives_in"] == sum(r["is_positive"] for r in table.to_pylist())
     assert manifest["rows_out"] == sum(len(rows) for rows in out.values())
@@ -268,13 +274,13 @@ def test_select_is_deterministic_whatever_the_sharding(scored, tmp_path):
     table, scored_dir = scored
     select(scored_dir, tmp_path / "a", CFG)
     select(scored_dir, tmp_path / "b", CFG)
-    sha = [[entry["sha256"] for entry in shards.read_manifest(tmp_path / d)["shards"]] for d in "ab"]
+    sha = [[entry["sha256"] for entry in shards.ShardedFolder(tmp_path / d).manifest()["shards"]] for d in "ab"]
     assert sha[0] == sha[1]  # the same input and options give byte-identical shards
     other_layout = write_scored(table, tmp_path / "scored-3333", rows_per_shard=3333)
     select(other_layout, tmp_path / "c", CFG)
     assert read_dir(tmp_path / "a").equals(read_dir(tmp_path / "c"))
     reseeded = select(scored_dir, tmp_path / "d", SelectionConfig(**{**CFG.__dict__, "seed": 99}))
-    assert reseeded["rows_out"] == shards.read_manifest(tmp_path / "a")["summary"]["rows_out"]
+    assert reseeded["rows_out"] == shards.ShardedFolder(tmp_path / "a").manifest()["summary"]["rows_out"]
     a, d = groups(read_dir(tmp_path / "a")), groups(read_dir(tmp_path / "d"))
     src = groups(table)
     for q, rows in src.items():
@@ -296,7 +302,7 @@ def test_select_resumes_and_splits_across_ranks(scored, tmp_path):
     assert not first["complete"]
     assert select(scored_dir, tmp_path / "ranks", CFG, num_shards=2, shard_index=1)["complete"]
     assert read_dir(tmp_path / "ranks").equals(expected)
-    shards.remove_shard(tmp_path / "full", 2)
+    shards.ShardedFolder(tmp_path / "full").remove(2)
     (tmp_path / "full" / ".ettin" / "manifest.json").unlink()
     kept = (tmp_path / "full" / "part-00000.parquet").stat().st_mtime_ns
     assert select(scored_dir, tmp_path / "full", CFG)["complete"]
@@ -337,7 +343,7 @@ def test_positive_column_may_hold_grades(tmp_path):
                         label=grades)
     summary = select(path, tmp_path / "out", CFG, Columns(positive="label", positive_required=True))
     assert summary["positives_in"] == summary["positives_out"] == 2
-    rows = pq.read_table(shards.shard_paths(tmp_path / "out")[0]).to_pylist()
+    rows = pq.read_table(shards.ShardedFolder(tmp_path / "out").shards()[0]).to_pylist()
     assert {"5", "250"} <= {r["doc"] for r in rows}
     assert {r["doc"] for r in rows if r["selected_by"] == "positive"} == {"5", "250"}
 
@@ -352,7 +358,7 @@ def test_cli_select(scored, tmp_path):
     summary = json.loads(ok.stdout)
     expected = sum(min(len(rows), max(32, sum(r["is_positive"] for r in rows))) for rows in groups(table).values())
     assert summary["complete"] and summary["rows_out"] == expected
-    assert shards.read_manifest(tmp_path / "o")["config"]["selection"]["band"] == [32, 96]
+    assert shards.ShardedFolder(tmp_path / "o").manifest()["config"]["selection"]["band"] == [32, 96]
     for args, message in (
         (["--band", "64:300"], "error: --band 64:300 is outside the 256 candidates kept per query"),
         (["--per-query", "50"], "error: --per-query 50 must equal --head 32 + --band-count 32 = 64"),

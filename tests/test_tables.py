@@ -204,12 +204,12 @@ def test_a_sharded_output_folder_reads_its_verified_shards_only(tmp_path):
 
     out = tmp_path / "mined"
     config = {"step": "test"}
-    shards.prepare_output(out, config)
+    shards.ShardedFolder(out).prepare(config)
     for i in range(2):
-        shards.write_shard(out, i, pa.table({"query": [f"q{i}"], "document": [f"d{i}"]}))
+        shards.ShardedFolder(out).write(i, pa.table({"query": [f"q{i}"], "document": [f"d{i}"]}))
     with pytest.raises(EttinError, match="unfinished sharded output"):
         open_input(out)
-    shards.finalize_manifest(out, expected_shards=2, extra={})
+    shards.ShardedFolder(out).finalize(2, extra={})
     source = open_input(out)
     assert [p.name for p in source.files] == ["part-00000.parquet", "part-00001.parquet"]
     assert sorted(source.column_names) == ["document", "query"]

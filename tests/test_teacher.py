@@ -230,7 +230,7 @@ def test_plan_batches_invariants():
 def test_length_sorted_batches_have_little_padding(mxbai, pairs):
     before = mxbai.stats.copy()
     mxbai.score(*pairs, max_tokens_per_batch=8192)
-    delta = mxbai.stats.minus(before)
+    delta = mxbai.stats - before
     assert delta.pairs == len(pairs[0])
     assert delta.padding_share < 0.05, delta
 

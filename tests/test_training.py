@@ -664,9 +664,9 @@ def test_the_teacher_of_a_selected_folder_is_traced_back_to_its_score_run(tmp_pa
     for folder, config, extra in ((scored, {"step": "score", "teacher": None, "teacher_sha256": "ab" * 32},
                                    {"teacher": "/models/minilm", "format": "bi-encoder"}),
                                   (selected, {"step": "select", "input": str(scored)}, {})):
-        shards.prepare_output(folder, config)
-        shards.write_shard(folder, 0, pa.table({"query": ["q"], "document": ["d"], "score": [0.5]}))
-        shards.finalize_manifest(folder, expected_shards=1, extra=extra)
+        shards.ShardedFolder(folder).prepare(config)
+        shards.ShardedFolder(folder).write(0, pa.table({"query": ["q"], "document": ["d"], "score": [0.5]}))
+        shards.ShardedFolder(folder).finalize(1, extra=extra)
     assert score_dir_teacher(str(scored)) == {"teacher": "/models/minilm", "teacher_format": "bi-encoder"}
     assert score_dir_teacher(str(selected)) == score_dir_teacher(str(scored))
 

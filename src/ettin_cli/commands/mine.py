@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from ettin_cli.commands import options
+
 HELP = (
     "Mine up to --top-k first-stage candidates per query from a corpus: the pool the teacher scores next.\n\n"
     "The corpus is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or a parquet/jsonl/csv file or "
@@ -65,21 +67,18 @@ def mine(
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="With --lists: the datasets Arrow cache "
                                          "(default: HF_DATASETS_CACHE)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of a different configuration."),
-    verify: bool = typer.Option(False, "--verify", help="Hash finished shards (SHA-256) before reusing them; by "
-                                "default their record and size are checked (or set ETTIN_VERIFY=1)."),
-    num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
-    shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
+    overwrite: options.Overwrite = False,
+    verify: options.Verify = False,
+    num_shards: options.NumShards = None,
+    shard_index: options.ShardIndex = None,
 ) -> None:
     from ettin_cli.core.errors import EttinError
-    from ettin_cli.data import mining, mixing
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import mining
     from ettin_cli.io.kinds import BEIR, require_kind
-    from ettin_cli.io.shards import request_verify
 
-    request_verify(verify)
-
-    data, where = mixing.load_data_recipe(recipe)
-    defaults = mixing.section(data, "mining", where)
+    data, where = load_data_recipe(recipe)
+    defaults = recipe_section(data, "mining", where)
     if (corpus is None) == (lists is None):
         raise EttinError("give --corpus (mine with a retriever) or --lists (read mined candidate lists), not both")
     if lists is not None:
@@ -87,28 +86,21 @@ def mine(
 
         if not source:
             raise EttinError("--lists needs --source NAME (the split of DATASET to read, e.g. nq)")
-        options = id_lists.ListsOptions(top_k=top_k, lists_per_shard=queries_per_shard or int(
-            defaults.get("lists_per_shard", 500)), cache_dir=cache_dir).validate()
-        summary = id_lists.mine_lists(lists, source, output, options, overwrite=overwrite, num_shards=num_shards,
-                                      shard_index=shard_index)
+        list_options = id_lists.ListsOptions.from_recipe(defaults, top_k=top_k, lists_per_shard=queries_per_shard,
+                                                         cache_dir=cache_dir)
+        summary = id_lists.mine_lists(lists, source, output, list_options, overwrite=overwrite, verify=verify,
+                                      num_shards=num_shards, shard_index=shard_index)
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
     if source is not None:
         raise EttinError("--source goes with --lists")
-    options = mining.MineOptions(
-        retriever=retriever or defaults.get("retriever", "bm25"),
-        top_k=top_k if top_k is not None else defaults.get("top_k", 2048),
-        chunk_size=chunk_size if chunk_size is not None else defaults.get("chunk_size", 1_000_000),
-        queries_per_shard=queries_per_shard if queries_per_shard is not None else defaults.get(
-            "queries_per_shard", 10_000),
-        add_positives=add_positives if add_positives is not None else bool(defaults.get("add_positives", True)),
-        batch_size=batch_size,
-        device=device,
-    ).validate()
+    mine_options = mining.MineOptions.from_recipe(defaults, retriever=retriever, top_k=top_k, chunk_size=chunk_size,
+                                                  queries_per_shard=queries_per_shard, add_positives=add_positives,
+                                                  batch_size=batch_size, device=device)
     if corpus is not None:
         require_kind(corpus, BEIR, "--corpus")
     inputs = mining.resolve_inputs(corpus, queries, qrels, split, id_column, text_column, query_id_column,
                                    query_text_column)
-    summary = mining.mine(inputs, output, options, overwrite=overwrite, num_shards=num_shards,
+    summary = mining.mine(inputs, output, mine_options, overwrite=overwrite, verify=verify, num_shards=num_shards,
                           shard_index=shard_index)
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))

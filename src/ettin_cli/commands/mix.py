@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from ettin_cli.commands import options
+
 HELP = (
     "Build the training mix described in recipes/data.yaml: the 32 pre-training and 7 retrieval subsets, each "
     "capped to its `cap` rows (a seeded random sample), written to OUT/<subset>/ so provenance stays visible, "
@@ -42,17 +44,14 @@ def mix(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the capped samples (default: recipe, 12)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
     list_only: bool = typer.Option(False, "--list", help="Print the sources, their origin and cap; build nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace subsets built with another configuration."),
-    verify: bool = typer.Option(False, "--verify", help="Hash finished shards (SHA-256) before reusing them; by "
-                                "default their record and size are checked (or set ETTIN_VERIFY=1)."),
+    overwrite: options.Overwrite = False,
+    verify: options.Verify = False,
 ) -> None:
     from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.recipes import load_data_recipe
     from ettin_cli.data import mixing
-    from ettin_cli.io.shards import request_verify
 
-    request_verify(verify)
-
-    data, where = mixing.load_data_recipe(recipe)
+    data, where = load_data_recipe(recipe)
     plan = mixing.load_plan(data, where)
     plan = mixing.apply_options(plan, overrides=mixing.parse_assignments(source, "--source"),
                                 caps=mixing.parse_assignments(cap, "--cap"), sources_dir=sources_dir,
@@ -68,5 +67,5 @@ def mix(
         return
     if output is None:
         raise EttinError("--output is required (or --list to only show the sources)")
-    reports = mixing.build_mix(plan, output, overwrite=overwrite)
+    reports = mixing.build_mix(plan, output, overwrite=overwrite, verify=verify)
     mixing.print_summary(reports)

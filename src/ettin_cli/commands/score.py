@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ettin_cli.commands import options
 from ettin_cli.core.errors import EttinError
 
 HELP = (
@@ -73,14 +74,10 @@ def score(
                                            "mxbai-v2, a web-search one for qwen3-reranker)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip rows with a null query or document "
                                       "(counted and listed in the manifest) instead of failing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output of a different run in "
-                                   "--output (finished shards of this same run are always kept)."),
-    verify: bool = typer.Option(False, "--verify", help="Hash every finished shard (SHA-256) before skipping it "
-                                "on a rerun; by default its record and size are checked (or set ETTIN_VERIFY=1)."),
-    num_shards: int | None = typer.Option(None, "--num-shards", help="Job arrays: number of workers (with "
-                                          "--shard-index); overrides torchrun's WORLD_SIZE."),
-    shard_index: int | None = typer.Option(None, "--shard-index", help="Job arrays: this worker's index in "
-                                           "[0, --num-shards)."),
+    overwrite: options.Overwrite = False,
+    verify: options.Verify = False,
+    num_shards: options.NumShards = None,
+    shard_index: options.ShardIndex = None,
 ) -> None:
     from ettin_cli.io.kinds import MINED, SCORED, require_kind
     from ettin_cli.label.scoring import ScoreJob, run_score
@@ -98,7 +95,7 @@ def score(
                    device=device, attn=attn, instruction=instruction, batch_size=batch_size,
                    max_tokens_per_batch=max_tokens_per_batch, rows_per_shard=rows_per_shard, limit=limit,
                    skip_invalid=skip_invalid, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
-                   window_rows=sort_window, verify=True if verify else None)
+                   window_rows=sort_window, verify=verify)
     result = run_score(job)
     if result.manifest is not None:
         totals = result.manifest["totals"]

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from ettin_cli.commands import options
+
 HELP = (
     "Select training pairs per query from teacher-scored candidates (the output of `ettin score` on "
     "`ettin mine` rows), in two cuts:\n\n"
@@ -48,35 +50,23 @@ def select(
                                                help="Boolean/grade column marking positives (default: "
                                                "is_positive when present)."),
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output of a different configuration."),
-    verify: bool = typer.Option(False, "--verify", help="Hash finished shards (SHA-256) before reusing them; by "
-                                "default their record and size are checked (or set ETTIN_VERIFY=1)."),
-    num_shards: int | None = typer.Option(None, "--num-shards", help="Job-array size (with --shard-index)."),
-    shard_index: int | None = typer.Option(None, "--shard-index", help="This job's index in [0, --num-shards)."),
+    overwrite: options.Overwrite = False,
+    verify: options.Verify = False,
+    num_shards: options.NumShards = None,
+    shard_index: options.ShardIndex = None,
 ) -> None:
     from ettin_cli.core.console import logger
     from ettin_cli.core.errors import EttinError
-    from ettin_cli.data import mixing, selection
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import selection
     from ettin_cli.io.kinds import MINED, SCORED, require_kind
-    from ettin_cli.io.shards import request_verify
 
-    request_verify(verify)
     # A score column of another name (--score-column) is not recognised as scored: then any pairs folder goes.
     require_kind(scored, SCORED, "SCORED", accepted={SCORED} if score_column == "score" else {SCORED, MINED})
 
-    data, where = mixing.load_data_recipe(recipe)
-    d = mixing.section(data, "selection", where)
-    band_value = selection.parse_band(band) if band is not None else tuple(d.get("band", (64, 192)))
-    if len(band_value) != 2:
-        raise EttinError(f"{where}: selection.band must be [START, END]")
-    config = selection.SelectionConfig(
-        keep=keep if keep is not None else d.get("keep", 256),
-        hard=hard if hard is not None else d.get("hard", 16),
-        head=head if head is not None else d.get("head", 32),
-        band_count=band_count if band_count is not None else d.get("band_count", 32),
-        band=(int(band_value[0]), int(band_value[1])),
-        seed=seed if seed is not None else d.get("seed", 12),
-    )
+    data, where = load_data_recipe(recipe)
+    config = selection.SelectionConfig.from_recipe(recipe_section(data, "selection", where), where, keep=keep,
+                                                   hard=hard, head=head, band_count=band_count, band=band, seed=seed)
     if per_query is not None and per_query != config.per_query:
         raise EttinError(f"--per-query {per_query} must equal --head {config.head} + --band-count "
                          f"{config.band_count} = {config.per_query}")
@@ -84,8 +74,8 @@ def select(
     columns = selection.Columns(query_id=query_id_column, score=score_column,
                                 positive=positive_column or "is_positive",
                                 positive_required=positive_column is not None)
-    summary = selection.select(scored, output, config, columns, overwrite=overwrite, num_shards=num_shards,
-                               shard_index=shard_index)
+    summary = selection.select(scored, output, config, columns, overwrite=overwrite, verify=verify,
+                               num_shards=num_shards, shard_index=shard_index)
     if summary.get("queries"):
         logger.info("select: " + selection.short_summary(summary))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -7,15 +7,17 @@ file wins), or any YAML file given with `--recipe` (merged over the shared file 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ettin_cli.core.errors import EttinError
 
 SHARED_NAME = "shared"
 # Files in recipes/ that are not student sizes.
 NON_SIZE_RECIPES = {SHARED_NAME, "data", "demo", "export", "adapt"}
+T = TypeVar("T")
 
 
 def recipes_dir() -> Path:
@@ -89,3 +91,37 @@ def load_recipe(size: str | None = None, recipe_file: str | os.PathLike[str] | N
     if size not in sizes:
         raise EttinError(f"unknown size '{size}': choose one of {', '.join(sizes)}")
     return deep_merge(shared, read_yaml(folder / f"{size}.yaml"))
+
+
+DATA_RECIPE = "data.yaml"
+
+
+def load_data_recipe(recipe_file: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str]:
+    """`recipes/data.yaml` (or `--recipe FILE`): the defaults of mine, select and mix, and where they came from.
+
+    The one place the data recipe is read; each step takes its section through `recipe_section` and builds its
+    typed config with `from_recipe`.
+    """
+    path = Path(recipe_file) if recipe_file is not None else recipes_dir() / DATA_RECIPE
+    return read_yaml(path), str(path)
+
+
+def recipe_section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """One mapping of a recipe (`mining`, `selection`, `mix`); a one-line error when it is not one."""
+    value = recipe.get(name) or {}
+    if not isinstance(value, dict):
+        raise EttinError(f"{where}: '{name}' must be a mapping")
+    return value
+
+
+def from_recipe(cls: type[T], section: dict[str, Any], **overrides: Any) -> T:
+    """A `cls` (a dataclass) whose fields come from `overrides` where given (not None), else from the recipe
+    `section`, else from the field's default: the defaults live in the recipe, a command-line option overrides
+    one value."""
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if overrides.get(f.name) is not None:
+            values[f.name] = overrides[f.name]
+        elif f.name in section:
+            values[f.name] = section[f.name]
+    return cls(**values)

@@ -34,21 +34,17 @@ import numpy as np
 
 from ettin_cli.core import console
 from ettin_cli.core.console import logger
+from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
+from ettin_cli.data.mining import pairs_schema
+from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
+from ettin_cli.io.shards import ShardedFolder, ShardWriter
 
 PARTS = {"queries": ("query_id", "query"), "documents": ("document_id", "document"),
          "scores": ("query_id", "document_ids", "scores", "positive_ids")}
 LIST_COLUMNS = ("document_ids", "scores", "positive_ids")
 PUBLISHED = ("lightonai/embeddings-fine-tuning", "cross-encoder/lightonai-embeddings-fine-tuning-reranked-v1")
-
-
-def pairs_schema() -> Any:
-    """The schema `ettin mine` writes (with qrels): what `ettin score` and `ettin select` read."""
-    import pyarrow as pa
-
-    return pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id", pa.string()),
-                      ("document", pa.string()), ("retriever_rank", pa.int32()),
-                      ("retriever_score", pa.float32()), ("is_positive", pa.bool_())])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -272,8 +268,8 @@ def open_source(dataset: str, source: str, cache_dir: str | None = None) -> Sour
 
 
 @dataclass
-class BatchStats:
-    """Counts over the lists of one shard, summed into the manifest."""
+class BatchStats(Counts):
+    """Counts over a batch of lists, added up per shard (stored flat in its record) and into the manifest."""
 
     lists: int = 0
     pairs: int = 0
@@ -281,10 +277,6 @@ class BatchStats:
     positives_not_listed: int = 0
     lists_without_positive: int = 0
     empty_lists: int = 0
-
-    def add(self, other: BatchStats) -> None:
-        for key in self.__dataclass_fields__:
-            setattr(self, key, getattr(self, key) + getattr(other, key))
 
 
 def _list_values(table: Any, column: str, where: str, qids: list[Any]) -> tuple[np.ndarray, Any]:
@@ -391,6 +383,13 @@ class ListsOptions:
     batch_lists: int = 64
     cache_dir: str | None = None
 
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], **overrides: Any) -> ListsOptions:
+        """The recipe's `mining:` `lists_per_shard` with the options given (not None) on top, validated (the
+        section's `top_k` is the retriever's: a list is kept whole unless `top_k` is given)."""
+        recipe = {k: section[k] for k in ("lists_per_shard",) if k in section}
+        return from_recipe(cls, recipe, **overrides).validate()
+
     def validate(self) -> ListsOptions:
         for name in ("lists_per_shard", "batch_lists") + (("top_k",) if self.top_k is not None else ()):
             value = getattr(self, name)
@@ -400,7 +399,7 @@ class ListsOptions:
 
 
 def _blocks(n_lists: int, per_shard: int) -> list[tuple[int, int]]:
-    return [(s, min(s + per_shard, n_lists)) for s in range(0, n_lists, per_shard)] or [(0, 0)]
+    return [(s, min(s + per_shard, n_lists)) for s in range(0, n_lists, per_shard)]
 
 
 def _slices(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
@@ -408,67 +407,83 @@ def _slices(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
         yield s, min(s + step, stop)
 
 
+class ListsStep(ShardedStep[BatchStats]):
+    """Shard b holds the pairs of lists `[b*L, (b+1)*L)`, streamed `batch_lists` lists at a time."""
+
+    unit, counts = "lists", BatchStats
+
+    def __init__(self, src: Source, options: ListsOptions):
+        self.src, self.options = src, options
+        self.blocks = _blocks(src.scores.num_rows, options.lists_per_shard)
+        self.name = f"lists {src.name}"
+
+    def shards(self) -> int:
+        return len(self.blocks)
+
+    def describe(self) -> str:
+        return self.src.where
+
+    def schema(self, index: int) -> Any:
+        return pairs_schema()
+
+    def units(self, index: int) -> int:
+        return self.blocks[index][1] - self.blocks[index][0]
+
+    def check(self, pending: list[int]) -> None:
+        """The check pass over `pending` blocks (every rank the same), so bad input writes nothing anywhere."""
+        with console.progress(sum(self.units(b) for b in pending), "check lists", unit="lists") as bar:
+            for b in pending:
+                for lo, hi in _slices(*self.blocks[b], 4096):
+                    lists_to_pairs(self.src, self.src.scores.slice(lo, hi - lo), self.options.top_k, texts=False)
+                    bar.advance(hi - lo)
+
+    def work(self, index: int, writer: ShardWriter) -> BatchStats:
+        stats = BatchStats()
+        for lo, hi in _slices(*self.blocks[index], self.options.batch_lists):
+            table, part = lists_to_pairs(self.src, self.src.scores.slice(lo, hi - lo), self.options.top_k)
+            writer.write(table)
+            stats += part
+            writer.progress.advance(hi - lo)
+        if writer.rows == 0:
+            writer.write(pairs_schema().empty_table())
+        writer.extra["lists_range"] = list(self.blocks[index])
+        return stats
+
+    def summary(self, finished: int, total: BatchStats) -> dict[str, Any]:
+        src = self.src
+        return {"source": src.name, "dataset": src.dataset, "shards": len(self.blocks), "shards_complete": finished,
+                "rows": total.pairs, **total.as_dict(), "document_ids": src.doc_index.kind,
+                "query_ids": src.query_index.kind}
+
+    def manifest_extra(self, records: list[dict[str, Any]], total: BatchStats) -> dict[str, Any]:
+        return {"summary": {**self.summary(len(records), total), "complete": True}}
+
+
 def mine_lists(dataset: str, source: str, output: str | Path, options: ListsOptions, *, overwrite: bool = False,
-               num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
+               verify: bool = False, num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
     """Write the pairs of every list of `source` as sharded parquet under `output`; returns the summary.
 
-    Resumable and rank-split like `ettin mine`: shard `b` (lists `[b*L, (b+1)*L)`) belongs to rank
-    `b % world_size`, finished shards are skipped. Every pending block is checked before the first write.
+    Resumable and rank-split like `ettin mine` (`io.lifecycle`): shard `b` (lists `[b*L, (b+1)*L)`) belongs
+    to rank `b % world_size`, finished shards are skipped. Every pending block is checked before the first
+    write; a source with no lists is refused.
     """
-    from ettin_cli.core.distributed import current_rank, owned
-    from ettin_cli.io import shards
-
     options.validate()
     rank = current_rank(num_shards, shard_index)
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise EttinError(f"--output {out}: is a file, not a directory")
+    out = ShardedFolder(output)
+    if out.root.exists() and not out.root.is_dir():
+        raise EttinError(f"--output {out.root}: is a file, not a directory")
     src = open_source(dataset, source, options.cache_dir)
     n_lists = src.scores.num_rows
-    blocks = _blocks(n_lists, options.lists_per_shard)
+    if n_lists == 0:
+        raise EttinError(f"{src.where}: 0 lists in its 'scores' part; nothing to write")
+    step = ListsStep(src, options)
     config = {"step": "mine-lists", "dataset": dataset, "source": source, "top_k": options.top_k,
               "lists_per_shard": options.lists_per_shard, "lists": n_lists, "fingerprints": src.fingerprints}
-    folder = shards.open_folder(out)
-    same_run = folder.check(config, overwrite) == folder.config_sha256()
-    done = set(folder.completed()) if same_run else set()  # another run's shards are redone
-    pending = [b for b in range(len(blocks)) if b not in done]
+    same_run = out.check(config, overwrite) == out.config_sha256()
+    done = set(out.completed(verify)) if same_run else set()  # another run's shards are redone
+    pending = [b for b in range(len(step.blocks)) if b not in done]
     logger.info(f"mine --lists: {source}: {n_lists:,} lists, {src.documents.num_rows:,} documents (ids "
-                f"{src.doc_index.kind}), {len(blocks)} shard(s), {len(pending)} to do")
-    # The check pass: all pending blocks (every rank the same), so bad input writes nothing anywhere.
-    with console.progress(sum(blocks[b][1] - blocks[b][0] for b in pending), "check lists", unit="lists") as bar:
-        for b in pending:
-            for lo, hi in _slices(*blocks[b], 4096):
-                lists_to_pairs(src, src.scores.slice(lo, hi - lo), options.top_k, texts=False)
-                bar.advance(hi - lo)
-    digest = folder.prepare(config, overwrite)
-    todo = [b for b in pending if owned(b, rank)]
-    with console.progress(sum(blocks[b][1] - blocks[b][0] for b in todo), f"lists {source}", unit="lists") as bar:
-        for b in todo:
-            stats = BatchStats()
-            with folder.writer(b, pairs_schema(), digest) as writer:
-                for lo, hi in _slices(*blocks[b], options.batch_lists):
-                    table, part = lists_to_pairs(src, src.scores.slice(lo, hi - lo), options.top_k)
-                    writer.write(table)
-                    stats.add(part)
-                    bar.advance(hi - lo)
-                if writer.rows == 0:
-                    writer.write(pairs_schema().empty_table())
-                writer.extra.update({"lists_range": list(blocks[b]), **stats.__dict__})
-    return finish_lists(out, len(blocks), config, src)
-
-
-def finish_lists(out: Path, n_blocks: int, config: dict[str, Any], src: Source) -> dict[str, Any]:
-    """The summary; the manifest once every shard is complete (on whichever rank finishes last)."""
-    from ettin_cli.io import shards
-
-    records = shards.completed_shards(out, verify=False)
-    total = BatchStats()
-    for record in records.values():
-        total.add(BatchStats(**{k: int(record.get(k, 0)) for k in BatchStats.__dataclass_fields__}))
-    summary: dict[str, Any] = {"source": config["source"], "dataset": config["dataset"], "shards": n_blocks,
-                               "shards_complete": len(records), "rows": total.pairs, **total.__dict__,
-                               "document_ids": src.doc_index.kind, "query_ids": src.query_index.kind}
-    summary["complete"] = len(records) == n_blocks
-    if summary["complete"]:
-        shards.finalize_manifest(out, n_blocks, {"summary": summary})
-    return summary
+                f"{src.doc_index.kind}), {len(step.blocks)} shard(s), {len(pending)} to do")
+    step.check(pending)
+    run = run_step(step, out, config, rank=rank, overwrite=overwrite, verify=verify)
+    return {**step.summary(len(run.records), run.counts), "complete": run.complete}

@@ -31,10 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ettin_cli.core import console
 from ettin_cli.core.console import logger
+from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
 from ettin_cli.io.beir import document_text
+from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
+from ettin_cli.io.shards import ShardedFolder, ShardWriter
 from ettin_cli.measure.retrieval import RunningTopK
 
 ID_COLUMNS = ("_id", "id", "doc_id", "docid", "corpus_id", "query_id", "qid")
@@ -276,6 +279,15 @@ def search_block(search: SearchFn, block: dict[str, str], chunks: Iterator[tuple
     return top, docs, extra
 
 
+def pairs_schema() -> Any:
+    """The rows `ettin mine` writes (with qrels; without, no `is_positive`): what score and select read."""
+    import pyarrow as pa
+
+    return pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id", pa.string()),
+                      ("document", pa.string()), ("retriever_rank", pa.int32()),
+                      ("retriever_score", pa.float32()), ("is_positive", pa.bool_())])
+
+
 def block_table(block: dict[str, str], top: RunningTopK, docs: dict[int, tuple[str, str]],
                 qrels: dict[str, dict[str, int]] | None, extra_texts: dict[str, str], add_positives: bool) -> Any:
     """The block's rows as an Arrow table, queries in input order, candidates best first."""
@@ -296,10 +308,7 @@ def block_table(block: dict[str, str], top: RunningTopK, docs: dict[int, tuple[s
                 row = (qid, qtext, did, extra_texts[did], None, None, True)
                 for name, value in zip(OUTPUT_COLUMNS, row, strict=True):
                     cols[name].append(value)
-    schema = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id", pa.string()),
-                        ("document", pa.string()), ("retriever_rank", pa.int32()),
-                        ("retriever_score", pa.float32()), ("is_positive", pa.bool_())])
-    table = pa.Table.from_pydict(cols, schema=schema)
+    table = pa.Table.from_pydict(cols, schema=pairs_schema())
     return table if qrels is not None else table.drop_columns(["is_positive"])
 
 
@@ -338,6 +347,11 @@ class MineOptions:
     batch_size: int = 64
     device: str | None = None
 
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], **overrides: Any) -> MineOptions:
+        """The recipe's `mining:` with the options given (not None) on top, validated."""
+        return from_recipe(cls, section, **overrides).validate()
+
     def validate(self) -> MineOptions:
         for name in ("top_k", "chunk_size", "queries_per_shard", "batch_size"):
             value = getattr(self, name)
@@ -346,16 +360,97 @@ class MineOptions:
         return self
 
 
+@dataclass
+class RecallCounts(Counts):
+    """Sums for recall@k over a shard's judged queries (macro: mean of per-query recall; micro: found / total)."""
+
+    judged_queries: int = 0
+    recall_sum: float = 0.0
+    positives_found: int = 0
+    positives_total: int = 0
+
+
+class MineStep(ShardedStep[Counts]):
+    """One output shard per block of `queries_per_shard` queries; the corpus is searched chunk by chunk."""
+
+    name, unit = "mine", "queries"
+
+    def __init__(self, inputs: MineInputs, queries: dict[str, str], qrels: dict[str, dict[str, int]] | None,
+                 options: MineOptions, empty_skipped: int = 0):
+        self.inputs, self.queries, self.qrels, self.options = inputs, queries, qrels, options
+        self.empty_skipped = empty_skipped  # unjudged queries with no text, left out (counted in the summary)
+        self.query_ids = list(queries)
+        self.counts = RecallCounts if qrels is not None else Counts  # type: ignore[assignment]
+        self.search: SearchFn | None = None
+        self.retriever_name = options.retriever
+        self.cached: list[tuple[int, list[str], list[str]]] | None = None
+
+    def block_ids(self, index: int) -> list[str]:
+        size = self.options.queries_per_shard
+        return self.query_ids[index * size:(index + 1) * size]
+
+    def shards(self) -> int:
+        return (len(self.query_ids) + self.options.queries_per_shard - 1) // self.options.queries_per_shard
+
+    def describe(self) -> str:
+        return f"mine {self.inputs.queries.path}"
+
+    def schema(self, index: int) -> Any:
+        schema = pairs_schema()
+        return schema if self.qrels is not None else schema.remove(schema.get_field_index("is_positive"))
+
+    def units(self, index: int) -> int:
+        return len(self.block_ids(index))
+
+    def setup(self, todo: list[int]) -> None:
+        self.search, self.retriever_name = make_search(self.options.retriever, batch_size=self.options.batch_size,
+                                                       device=self.options.device)
+        # A corpus that fits in one chunk is read once and kept for every block; a larger one streams per block.
+        first = list(itertools.islice(iter_corpus_chunks(self.inputs.corpus, self.options.chunk_size), 2))
+        self.cached = first if len(first) == 1 else None
+
+    def work(self, index: int, writer: ShardWriter) -> Counts:
+        block_ids = self.block_ids(index)
+        block = {q: self.queries[q] for q in block_ids}
+        needed = set()
+        if self.qrels is not None and self.options.add_positives:
+            needed = {d for q in block_ids for d, g in self.qrels.get(q, {}).items() if g > 0}
+        chunks = iter(self.cached) if self.cached is not None else iter_corpus_chunks(self.inputs.corpus,
+                                                                                     self.options.chunk_size)
+        assert self.search is not None
+        top, docs, extra = search_block(self.search, block, chunks, self.options.top_k, needed)
+        writer.write(block_table(block, top, docs, self.qrels, extra, self.options.add_positives))
+        first = index * self.options.queries_per_shard
+        writer.extra.update({"queries": [first, first + len(block)], "retriever": self.retriever_name})
+        writer.progress.advance(len(block_ids))
+        if self.qrels is None:
+            return Counts()
+        return RecallCounts(**block_recall(block, top, docs, self.qrels))
+
+    def summary(self, finished: int, rows: int, c: Any) -> dict[str, Any]:
+        """The printed summary and the manifest's `summary` (recall@k when judged)."""
+        summary: dict[str, Any] = {"shards": self.shards(), "shards_complete": finished, "rows": rows}
+        if self.empty_skipped:
+            summary["empty_queries_skipped"] = self.empty_skipped
+        if self.qrels is not None:
+            summary[f"recall@{self.options.top_k}"] = c.recall_sum / c.judged_queries if c.judged_queries else None
+            summary[f"recall@{self.options.top_k}_micro"] = (c.positives_found / c.positives_total
+                                                             if c.positives_total else None)
+            summary["judged_queries"] = c.judged_queries
+        return summary
+
+    def manifest_extra(self, records: list[dict[str, Any]], total: Counts) -> dict[str, Any]:
+        return {"summary": self.summary(len(records), sum(int(r["rows"]) for r in records), total)}
+
+
 def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwrite: bool = False,
-         num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
+         verify: bool = False, num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
     """Mine candidates for every query into sharded parquet under `output`; returns the run summary.
 
     Resumable: shards already complete (valid completion record) are skipped. Returns the manifest summary
     once every shard exists (on the rank that finishes last), else a partial summary of this rank's work.
+    A qrels split that judges no query is refused (exit 2) before anything is written.
     """
-    from ettin_cli.core.distributed import current_rank, owned
-    from ettin_cli.io import shards
-
     options.validate()
     rank = current_rank(num_shards, shard_index)
     empty: dict[str, str] = {}
@@ -369,6 +464,9 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
         if judged_empty:  # a judged query without text cannot be mined, and dropping it would bias recall
             raise EttinError(f"{empty[judged_empty[0]]}: query '{judged_empty[0]}' is empty (judged in "
                              f"{inputs.qrels}; {len(judged_empty)} judged queries are empty)")
+        if not qrels:
+            raise EttinError(f"{inputs.qrels}: split '{inputs.qrels.stem}' has 0 judged queries; nothing to mine "
+                             "(give a qrels file that judges the queries you train on)")
     if empty:
         logger.warning(f"mine: skipped {len(empty):,} empty unjudged queries (first: {next(iter(empty.values()))})")
     if not queries:
@@ -383,8 +481,6 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
         logger.info(f"mine: all {len(queries):,} queries of {inputs.queries.path}; positives from {inputs.qrels}")
     else:
         logger.info(f"mine: all {len(queries):,} queries of {inputs.queries.path} (no qrels: no positives flagged)")
-    query_ids = list(queries)
-    n_blocks = (len(query_ids) + options.queries_per_shard - 1) // options.queries_per_shard
     config = {
         "step": "mine",
         "corpus": str(inputs.corpus.path),
@@ -398,68 +494,14 @@ def mine(inputs: MineInputs, output: str | Path, options: MineOptions, *, overwr
         "chunk_size": options.chunk_size,
         "queries_per_shard": options.queries_per_shard,
         "add_positives": options.add_positives,
-        "num_queries": len(query_ids),
-        "empty_queries_skipped": len(empty),
+        "num_queries": len(queries),
     }
-    out = Path(output)
-    shards.prepare_output(out, config, overwrite)
-    done = set(shards.completed_shards(out))
-    todo = [b for b in range(n_blocks) if owned(b, rank) and b not in done]
-    logger.info(f"mine: {len(query_ids):,} queries in {n_blocks} shard(s); {len(todo)} to do on rank "
-                f"{rank.rank}/{rank.world_size}, {len(done)} already complete")
-    if todo:
-        search, retriever_name = make_search(options.retriever, batch_size=options.batch_size,
-                                             device=options.device)
-        # A corpus that fits in one chunk is read once and kept for every block; a larger one streams per block.
-        first = list(itertools.islice(iter_corpus_chunks(inputs.corpus, options.chunk_size), 2))
-        cached = first if len(first) == 1 else None
-        del first
-        total = sum(len(query_ids[b * options.queries_per_shard:(b + 1) * options.queries_per_shard]) for b in todo)
-        with console.progress(total, "mine", unit="queries") as bar:
-            for b in todo:
-                block_ids = query_ids[b * options.queries_per_shard:(b + 1) * options.queries_per_shard]
-                block = {q: queries[q] for q in block_ids}
-                needed = set()
-                if qrels is not None and options.add_positives:
-                    needed = {d for q in block_ids for d, g in qrels.get(q, {}).items() if g > 0}
-                chunk_iter = iter(cached) if cached is not None else iter_corpus_chunks(inputs.corpus,
-                                                                                       options.chunk_size)
-                top, docs, extra = search_block(search, block, chunk_iter, options.top_k, needed)
-                table = block_table(block, top, docs, qrels, extra, options.add_positives)
-                record = {"queries": [b * options.queries_per_shard, b * options.queries_per_shard + len(block)],
-                          "retriever": retriever_name}
-                if qrels is not None:
-                    record.update(block_recall(block, top, docs, qrels))
-                shards.write_shard(out, b, table, record)
-                bar.advance(len(block_ids))
-    return finish(out, n_blocks, config, qrels is not None)
+    step = MineStep(inputs, queries, qrels, options, empty_skipped=len(empty))
+    run = run_step(step, ShardedFolder(output), config, rank=rank, overwrite=overwrite, verify=verify)
+    return {**step.summary(len(run.records), run.rows, run.counts), "complete": run.complete}
 
 
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
-
-
-def finish(out: Path, n_blocks: int, config: dict[str, Any], has_qrels: bool) -> dict[str, Any]:
-    """Assemble the manifest once every shard is complete; the summary includes recall@k when judged."""
-    from ettin_cli.io import shards
-
-    records = shards.completed_shards(out)
-    summary: dict[str, Any] = {"shards": n_blocks, "shards_complete": len(records),
-                               "rows": sum(int(r.get("rows", 0)) for r in records.values()),
-                               "empty_queries_skipped": int(config.get("empty_queries_skipped", 0))}
-    if has_qrels:
-        judged = sum(int(r.get("judged_queries", 0)) for r in records.values())
-        found = sum(int(r.get("positives_found", 0)) for r in records.values())
-        total = sum(int(r.get("positives_total", 0)) for r in records.values())
-        recall_sum = sum(float(r.get("recall_sum", 0.0)) for r in records.values())
-        summary[f"recall@{config['top_k']}"] = recall_sum / judged if judged else None
-        summary[f"recall@{config['top_k']}_micro"] = found / total if total else None
-        summary["judged_queries"] = judged
-    if len(records) == n_blocks:
-        shards.finalize_manifest(out, n_blocks, {"summary": summary})
-        summary["complete"] = True
-    else:
-        summary["complete"] = False
-    return summary

@@ -33,6 +33,8 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.io.lifecycle import Counts, ShardedStep, run_stream
+from ettin_cli.io.shards import ShardedFolder, config_hash, is_finished, is_sharded_output
 
 GROUPS = ("pre-training", "retrieval")
 OUTPUT_COLUMNS = ("query", "document", "score")
@@ -192,24 +194,22 @@ def apply_options(plan: MixPlan, *, overrides: dict[str, str] | None = None, cap
 # Reading a source.
 
 
-def _paths_of(path: Path) -> Path | list[Path]:
+def _paths_of(path: Path, verify: bool = False) -> Path | list[Path]:
     """A folder written by `ettin score`/`select`/`mix` (manifest + shards) is read through its shard list."""
-    from ettin_cli.io import shards
-
-    if path.is_dir() and shards.is_sharded_output(path):
-        return list(shards.shard_paths(path))
+    if path.is_dir() and is_sharded_output(path):
+        return list(ShardedFolder(path).shards(verify=verify))
     return path
 
 
 class SourceReader:
     """Row count and batches of one source, through `tables.open_input` (local files or a streamed Hub id)."""
 
-    def __init__(self, spec: SourceSpec):
+    def __init__(self, spec: SourceSpec, verify: bool = False):
         from ettin_cli.io import tables
 
         self.spec = spec
         if spec.path:
-            target = _paths_of(Path(spec.path))
+            target = _paths_of(Path(spec.path), verify)
             if isinstance(target, list):
                 self.inputs = [tables.open_input(p) for p in target]
             else:
@@ -335,57 +335,40 @@ class SubsetReport:
         return asdict(self)
 
 
-def _write_subset(out: Path, name: str, config: dict[str, Any], batches: Iterator[Any], rows_per_shard: int,
-                  overwrite: bool, bar: Any, report: SubsetReport) -> int:
-    """Stream `batches` (already filtered, standardized) into sharded parquet; returns rows written.
+class SubsetStep(ShardedStep[Counts]):
+    """One subset of the mix as a sharded output: its rows are a stream (`lifecycle.run_stream`), cut into
+    shards of `rows_per_shard`; the subset's report (drop counts included) goes into the manifest, so a rerun
+    that skips the finished subset still reports what it did."""
 
-    The subset's report (drop counts included) goes into its manifest, so a rerun that skips the finished
-    subset still reports what it did.
-    """
-    import pyarrow as pa
+    unit = "rows"
 
-    from ettin_cli.io import shards
+    def __init__(self, report: SubsetReport):
+        self.report = report
+        self.name = f"mix {report.name}"
 
-    target = out / name
-    shards.prepare_output(target, config, overwrite)
-    done = set(shards.completed_shards(target))
-    pending: list[Any] = []
-    pending_rows = 0
-    index = 0
-    written = 0
-    first_row = 0
+    def describe(self) -> str:
+        r = self.report
+        return (f"source '{r.name}' ({r.origin}): {r.sampled:,} rows taken, {r.dropped_empty:,} empty, "
+                f"{r.dropped_in_validation:,} in validation, {r.dropped_flagged + r.dropped_duplicate:,} flagged "
+                "upstream")
 
-    def flush(table: Any) -> None:
-        nonlocal index, written, first_row
-        if index not in done:
-            shards.write_shard(target, index, table, {"subset": name, "rows_range": [first_row,
-                                                                                    first_row + table.num_rows]})
-        written += table.num_rows
-        first_row += table.num_rows
-        index += 1
-
-    for table in batches:
-        pending.append(table)
-        pending_rows += table.num_rows
-        bar.advance(table.num_rows)
-        while pending_rows >= rows_per_shard:
-            merged = pa.concat_tables(pending)
-            flush(merged.slice(0, rows_per_shard))
-            rest = merged.slice(rows_per_shard)
-            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-    if pending_rows or index == 0:
-        merged = pa.concat_tables(pending) if pending else _empty_table(config.get("has_score", False))
-        flush(merged)
-    report.rows = written
-    shards.finalize_manifest(target, index, {"subset": name, "report": report.as_dict()})
-    return written
+    def manifest_extra(self, records: list[dict[str, Any]], total: Counts) -> dict[str, Any]:
+        self.report.rows = sum(int(r["rows"]) for r in records)
+        return {"subset": self.report.name, "report": self.report.as_dict()}
 
 
-def _empty_table(has_score: bool) -> Any:
-    import pyarrow as pa
+def _write_subset(out: Path, config: dict[str, Any], batches: Iterator[Any], rows_per_shard: int, overwrite: bool,
+                  verify: bool, bar: Any, report: SubsetReport) -> int:
+    """Stream `batches` (already filtered, standardized) into the sharded folder `out/<subset>`; returns rows."""
 
-    fields = [("query", pa.string()), ("document", pa.string())] + ([("score", pa.float32())] if has_score else [])
-    return pa.schema(fields).empty_table()
+    def advancing() -> Iterator[Any]:
+        for table in batches:
+            bar.advance(table.num_rows)
+            yield table
+
+    run_stream(SubsetStep(report), ShardedFolder(out / report.name), config, advancing(), rows_per_shard,
+               record={"subset": report.name}, overwrite=overwrite, verify=verify)
+    return report.rows
 
 
 def _clean(table: Any, report: SubsetReport, exclude: set[bytes] | None) -> Any:
@@ -436,17 +419,21 @@ def _ranges(rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
 
 
-def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> list[SubsetReport]:
-    """Write every selected subset and the validation split; returns (and saves) the rows-per-subset summary."""
+def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False,
+              verify: bool = False) -> list[SubsetReport]:
+    """Write every selected subset and the validation split; returns (and saves) the rows-per-subset summary.
+
+    `verify`: hash (SHA-256) the shards of local sharded sources and of finished subsets before using them.
+    """
     out = Path(output)
     # Open every source first: a missing column or an unreadable source fails before anything is written.
     from ettin_cli.data import upstream_filter
 
-    readers = {spec.name: upstream_filter.wrap(SourceReader(spec)) for spec in plan.sources}
+    readers = {spec.name: upstream_filter.wrap(SourceReader(spec, verify)) for spec in plan.sources}
     val_reader = None
     if plan.validation_source is not None and plan.validation_rows:
         val_reader = readers.get(plan.validation_source.name) or upstream_filter.wrap(
-            SourceReader(plan.validation_source))
+            SourceReader(plan.validation_source, verify))
     if out.exists() and not out.is_dir():
         raise EttinError(f"--output {out}: is a file, not a directory")
     for reader in readers.values():  # row counts and upstream flags first: a bad flag column writes nothing
@@ -474,8 +461,8 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> 
                 for a, b in zip(t.column("query").to_pylist(), t.column("document").to_pylist(), strict=True):
                     exclude.add(pair_key(a, b))
             report.sampled = sum(t.num_rows for t in validation_tables)
-            report.rows = _write_subset(out, VALIDATION, config, iter(validation_tables), plan.rows_per_shard,
-                                        overwrite, bar, report)
+            report.rows = _write_subset(out, config, iter(validation_tables), plan.rows_per_shard, overwrite,
+                                        verify, bar, report)
         reports.append(report)
     exclude_digest = hashlib.sha256(b"".join(sorted(exclude))).hexdigest() if exclude else None
     for spec in plan.sources:
@@ -489,7 +476,7 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> 
         upstream_filter.annotate(report, reader)
         config = {"step": "mix", "subset": spec.name, "source": spec.origin, "cap": spec.cap, "seed": plan.seed,
                   "source_rows": total, "stop": stop, "validation": exclude_digest, "has_score": report.has_score}
-        done = _finished_report(out / spec.name, config) if not overwrite else None
+        done = _finished_report(out / spec.name, config, verify) if not overwrite else None
         if done is not None:
             report = done
             logger.info(f"mix: {spec.name} already complete ({report.rows:,} rows), skipped")
@@ -497,8 +484,7 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False) -> 
             continue
         with console.progress(report.sampled, f"mix {spec.name}", unit="rows") as bar:
             batches = (_clean(t, report, exclude) for t in _take_rows(reader, rows, stop))
-            report.rows = _write_subset(out, spec.name, config, batches, plan.rows_per_shard, overwrite, bar,
-                                        report)
+            report.rows = _write_subset(out, config, batches, plan.rows_per_shard, overwrite, verify, bar, report)
         logger.info(f"mix: {spec.name}: {report.rows:,} rows from {spec.origin}")
         reports.append(report)
     write_json_atomic(out / "summary.json", {"subsets": [r.as_dict() for r in reports],
@@ -515,41 +501,24 @@ def _tail(reader: SourceReader, start: int, stop: int) -> Iterator[Any]:
             yield table.slice(lo, hi - lo)
 
 
-def _finished_report(directory: Path, config: dict[str, Any]) -> SubsetReport | None:
-    """The saved report of a finished subset built with exactly `config` (every shard verified), else None."""
-    from ettin_cli.io import shards
-
-    if not shards.is_finished(directory):
+def _finished_report(directory: Path, config: dict[str, Any], verify: bool = False) -> SubsetReport | None:
+    """The saved report of a finished subset built with exactly `config` (every shard checked), else None."""
+    if not is_finished(directory):
         return None
+    folder = ShardedFolder(directory)
     try:
-        manifest = shards.read_manifest(directory)
+        manifest = folder.manifest()
     except EttinError:
         return None
-    if manifest.get("config_sha256") != shards.config_hash(config) or "report" not in manifest:
+    if manifest.get("config_sha256") != config_hash(config) or "report" not in manifest:
         return None
     try:
-        shards.shard_paths(directory)  # sizes and checksums still match
+        folder.shards(verify=verify)  # sizes (and checksums with verify) still match
     except EttinError:
         return None
     report = SubsetReport(**manifest["report"])
     report.skipped = True
     return report
-
-
-def load_data_recipe(recipe_file: str | Path | None = None) -> tuple[dict[str, Any], str]:
-    """`recipes/data.yaml` (or `--recipe FILE`): the defaults of mine, select and mix, and where they came from."""
-    from ettin_cli.core.recipes import read_yaml, recipes_dir
-
-    path = Path(recipe_file) if recipe_file is not None else recipes_dir() / "data.yaml"
-    return read_yaml(path), str(path)
-
-
-def section(recipe: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    """One mapping of the data recipe (`mining`, `selection`, `mix`); a one-line error when it is not one."""
-    value = recipe.get(name) or {}
-    if not isinstance(value, dict):
-        raise EttinError(f"{where}: '{name}' must be a mapping")
-    return value
 
 
 def _table(title: str, headers: list[str], rows: list[list[str]], numeric: set[str]) -> None:

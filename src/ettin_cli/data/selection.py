@@ -25,11 +25,15 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import from_recipe
+from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
+from ettin_cli.io.shards import ShardedFolder, ShardWriter, is_sharded_output
 
 # Roles written to the `selected_by` column: why a row was kept.
 POSITIVE, HEAD, BAND, FILL = "positive", "head", "band", "fill"
@@ -45,6 +49,19 @@ class SelectionConfig:
     band_count: int = 32
     band: tuple[int, int] = (64, 192)
     seed: int = 12
+
+    @classmethod
+    def from_recipe(cls, section: dict[str, Any], where: str = "recipes/data.yaml",
+                    **overrides: Any) -> SelectionConfig:
+        """The recipe's `selection:` with the options given (not None) on top; `band` as `START:END` or a pair."""
+        band = overrides.pop("band", None)
+        band = parse_band(band) if isinstance(band, str) else band
+        if band is None and "band" in section:
+            band = section["band"]
+            if not isinstance(band, (list, tuple)) or len(band) != 2:
+                raise EttinError(f"{where}: selection.band must be [START, END]")
+        config = from_recipe(cls, section, **overrides, band=None if band is None else (int(band[0]), int(band[1])))
+        return config
 
     @property
     def per_query(self) -> int:
@@ -210,8 +227,10 @@ def select_query(query_id: object, scores: np.ndarray, positive: np.ndarray,
 
 
 @dataclass
-class SelectionCounts:
-    """What `ettin select` did, summed over queries; written to the manifest and printed."""
+class SelectionCounts(Counts):
+    """What `ettin select` did, summed over queries (and shards: `+`); written to the manifest and printed."""
+
+    record_key: ClassVar[str] = "counts"
 
     queries: int = 0
     rows_in: int = 0
@@ -225,7 +244,8 @@ class SelectionCounts:
     queries_positives_over_head: int = 0
     by_role: dict[str, int] = field(default_factory=dict)
 
-    def add(self, sel: QuerySelection, positive: np.ndarray, config: SelectionConfig) -> None:
+    def count(self, sel: QuerySelection, positive: np.ndarray, config: SelectionConfig) -> None:
+        """Add one query's selection."""
         positive = np.asarray(positive, dtype=bool)
         n_pos = int(positive.sum())
         self.queries += 1
@@ -240,17 +260,6 @@ class SelectionCounts:
         self.queries_positives_over_head += int(n_pos > config.head)
         for role in sel.roles:
             self.by_role[role] = self.by_role.get(role, 0) + 1
-
-    def merge(self, other: dict[str, Any]) -> None:
-        for key, value in other.items():
-            if key == "by_role":
-                for role, n in value.items():
-                    self.by_role[role] = self.by_role.get(role, 0) + int(n)
-            elif hasattr(self, key):
-                setattr(self, key, getattr(self, key) + int(value))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -429,11 +438,9 @@ def short_summary(counts: dict[str, Any]) -> str:
 # The command's library function.
 
 
-def input_shards(path: str | Path) -> list[Path]:
-    """The parquet files of a scored input, in order: a sharded output (checked against its manifest), one
-    parquet file, or a folder of parquet files (name order)."""
-    from ettin_cli.io import shards
-
+def input_shards(path: str | Path, verify: bool = False) -> list[Path]:
+    """The parquet files of a scored input, in order: a sharded output (checked against its manifest; SHA-256
+    too with `verify`), one parquet file, or a folder of parquet files (name order)."""
     root = Path(path)
     if root.is_file():
         if root.suffix.lower() != ".parquet":
@@ -441,39 +448,73 @@ def input_shards(path: str | Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise EttinError(f"{root}: no such file or folder")
-    if shards.is_sharded_output(root):
-        return shards.shard_paths(root)  # the one sharded-folder reader (refuses an unfinished output)
+    if is_sharded_output(root):
+        return ShardedFolder(root).shards(verify=verify)  # the one sharded-folder reader (refuses an unfinished one)
     files = sorted(p for p in root.glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         raise EttinError(f"{root}: no parquet files in this folder")
     return files
 
 
-def _output_schema(path: Path) -> Any:
-    import pyarrow as pa
+class SelectStep(ShardedStep[SelectionCounts]):
+    """Output shard i holds the queries that start in input shard i (read on into later shards to finish the
+    last one), so the work splits across ranks without coordination."""
 
-    schema = open_parquet(path).schema_arrow
-    return schema.append(pa.field("teacher_rank", pa.int32())).append(pa.field("selected_by", pa.string()))
+    name, unit, counts = "select", "rows", SelectionCounts
+
+    def __init__(self, input_path: str | Path, paths: list[Path], config: SelectionConfig, columns: Columns):
+        self.input_path, self.paths, self.config, self.columns = input_path, paths, config, columns
+
+    def shards(self) -> int:
+        return len(self.paths)
+
+    def describe(self) -> str:
+        return f"select {self.input_path}"
+
+    def schema(self, index: int) -> Any:
+        import pyarrow as pa
+
+        schema = open_parquet(self.paths[index]).schema_arrow
+        return schema.append(pa.field("teacher_rank", pa.int32())).append(pa.field("selected_by", pa.string()))
+
+    def units(self, index: int) -> int:
+        return open_parquet(self.paths[index]).metadata.num_rows
+
+    def work(self, index: int, writer: ShardWriter) -> SelectionCounts:
+        import pyarrow as pa
+
+        counts = SelectionCounts()
+        pending: list[Any] = []
+        pending_rows = 0
+        for group in iter_shard_queries(self.paths, index, self.columns):
+            table, sel = select_table(group, self.config)
+            counts.count(sel, group.positive, self.config)
+            pending.append(table)
+            pending_rows += table.num_rows
+            writer.progress.advance(group.table.num_rows)
+            if pending_rows >= 65_536:
+                writer.write(pa.concat_tables(pending))
+                pending, pending_rows = [], 0
+        if pending:
+            writer.write(pa.concat_tables(pending))
+        writer.extra["input_file"] = self.paths[index].name
+        return counts
+
+    def manifest_extra(self, records: list[dict[str, Any]], total: SelectionCounts) -> dict[str, Any]:
+        return {"summary": total.as_dict()}
 
 
 def select(input_path: str | Path, output: str | Path, config: SelectionConfig, columns: Columns = Columns(), *,
-           overwrite: bool = False, num_shards: int | None = None, shard_index: int | None = None) -> dict[str, Any]:
+           overwrite: bool = False, verify: bool = False, num_shards: int | None = None,
+           shard_index: int | None = None) -> dict[str, Any]:
     """Run both cuts over every query of a scored input into sharded parquet; returns the counts.
 
-    Output shard i holds the queries that start in input shard i, so the work splits across ranks without
-    coordination and a rerun skips finished shards. Counts are summed from the completion records into the
-    manifest once every shard exists.
+    A rerun skips finished shards; counts are summed from the completion records into the manifest once every
+    shard exists (`io.lifecycle`).
     """
-    import pyarrow as pa
-
-    from ettin_cli.core import console
-    from ettin_cli.core.console import logger
-    from ettin_cli.core.distributed import current_rank, owned
-    from ettin_cli.io import shards
-
     config.validate()
     rank = current_rank(num_shards, shard_index)
-    paths = input_shards(input_path)
+    paths = input_shards(input_path, verify)
     for path in paths:  # fail on a missing column before any work
         check_columns(path, open_parquet(path).schema_arrow, columns)
     run_config = {
@@ -483,37 +524,8 @@ def select(input_path: str | Path, output: str | Path, config: SelectionConfig, 
         "selection": config.as_dict(),
         "columns": asdict(columns),
     }
-    out = Path(output)
-    digest = shards.prepare_output(out, run_config, overwrite)
-    done = set(shards.completed_shards(out))
-    todo = [i for i in range(len(paths)) if owned(i, rank) and i not in done]
-    logger.info(f"select: {len(paths)} input shard(s); {len(todo)} to do on rank {rank.rank}/{rank.world_size}, "
-                f"{len(done)} already complete")
-    total_rows = sum(open_parquet(paths[i]).metadata.num_rows for i in todo)
-    with console.progress(total_rows, "select", unit="rows") as bar:
-        for i in todo:
-            counts = SelectionCounts()
-            with shards.shard_writer(out, i, _output_schema(paths[i]), digest) as writer:
-                pending: list[Any] = []
-                pending_rows = 0
-                for group in iter_shard_queries(paths, i, columns):
-                    table, sel = select_table(group, config)
-                    counts.add(sel, group.positive, config)
-                    pending.append(table)
-                    pending_rows += table.num_rows
-                    bar.advance(group.table.num_rows)
-                    if pending_rows >= 65_536:
-                        writer.write(pa.concat_tables(pending))
-                        pending, pending_rows = [], 0
-                if pending:
-                    writer.write(pa.concat_tables(pending))
-                writer.extra.update({"input_file": paths[i].name, "counts": counts.as_dict()})
-    records = shards.completed_shards(out, verify=False)
-    total = SelectionCounts()
-    for record in records.values():
-        total.merge(record.get("counts", {}))
-    summary = total.as_dict()
-    summary["complete"] = len(records) == len(paths)
-    if summary["complete"]:
-        shards.finalize_manifest(out, len(paths), {"summary": total.as_dict()})
+    run = run_step(SelectStep(input_path, paths, config, columns), ShardedFolder(output), run_config, rank=rank,
+                   overwrite=overwrite, verify=verify)
+    summary = run.counts.as_dict()
+    summary["complete"] = run.complete
     return summary

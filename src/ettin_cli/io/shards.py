@@ -32,7 +32,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +59,14 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def verify_requested(verify: bool | None = None) -> bool:
-    """Whether to hash shard bytes: an explicit `--verify` wins, else `ETTIN_VERIFY=1`, else no (size only)."""
+    """Whether a reader hashes shard bytes: an explicit `verify` wins, else `ETTIN_VERIFY=1`, else no (size only).
+
+    For readers without a `--verify` option (train's data loading); the sharded steps take `verify` as an
+    argument, which their `--verify` option fills (with ETTIN_VERIFY as its default, read once by the CLI).
+    """
     if verify is not None:
         return bool(verify)
     return os.environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def request_verify(verify: bool) -> None:
-    """`--verify` on a command: every shard check in this process hashes the bytes (as ETTIN_VERIFY=1 does)."""
-    if verify:
-        os.environ[VERIFY_ENV] = "1"
 
 
 def meta_dir(directory: PathLike) -> Path:
@@ -138,15 +135,6 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 4
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-@dataclass
-class ShardRun:
-    """What `ShardedFolder.run_owned` did on this rank: shards it owns, found finished, and worked."""
-
-    owned: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    done: list[int] = field(default_factory=list)
-
-
 class ShardWriter:
     """Streams record batches into one shard's temp file; `extra` is merged into the completion record."""
 
@@ -155,6 +143,7 @@ class ShardWriter:
 
         self.rows = 0
         self.extra: dict[str, Any] = {}
+        self.progress: Any = None  # the step's progress bar while the lifecycle runs it (`core.console`)
         self._writer = pq.ParquetWriter(path, schema)
 
     def write(self, table: Any) -> None:
@@ -175,6 +164,11 @@ class ShardedFolder:
     # ---------------------------------------------------------------------------------------- paths
     def record_path(self, index: int) -> Path:
         return self.meta / (shard_name(index) + DONE_SUFFIX)
+
+    def pieces_dir(self, index: int) -> Path:
+        """`.ettin/pieces/part-0000i.parquet/`: row groups of shard `index` committed as they are made, so a step
+        killed inside a long shard resumes from its last committed piece (score); removed once the shard is done."""
+        return self.meta / "pieces" / shard_name(index)
 
     def config_sha256(self) -> str | None:
         run = _read_json(self.meta / RUN_FILE)
@@ -277,13 +271,13 @@ class ShardedFolder:
         return _read_json(self.record_path(index)) or {}
 
     # ---------------------------------------------------------------------------------------- resuming
-    def completed(self, verify: bool | None = None, indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
+    def completed(self, verify: bool = False, indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
         """Completion records of finished shards of the current run (`.ettin/run.json`), by index.
 
         A record counts when it belongs to the current config and its shard file exists with the recorded size;
-        with `verify` (or ETTIN_VERIFY=1) its SHA-256 must match too (an altered shard is then redone).
+        with `verify` its SHA-256 must match too (an altered shard is then redone).
         """
-        check_bytes = verify_requested(verify)
+        check_bytes = verify
         current = self.config_sha256()
         found: dict[int, dict[str, Any]] = {}
         if indices is None:
@@ -302,7 +296,7 @@ class ShardedFolder:
             found[int(record["index"])] = record
         return found
 
-    def pending(self, expected: int, rank: Any, verify: bool | None = None) -> tuple[dict[int, dict[str, Any]],
+    def pending(self, expected: int, rank: Any, verify: bool = False) -> tuple[dict[int, dict[str, Any]],
                                                                                       list[int]]:
         """(finished records, shards to do) among the `expected` shards this rank owns (`i % world == rank`)."""
         from ettin_cli.core.distributed import owned
@@ -310,17 +304,6 @@ class ShardedFolder:
         mine = [i for i in range(expected) if owned(i, rank)]
         done = self.completed(verify=verify, indices=mine)
         return done, [i for i in mine if i not in done]
-
-    def run_owned(self, expected: int, rank: Any, work: Callable[[int], None],
-                  verify: bool | None = None) -> ShardRun:
-        """Call `work(i)` for every shard this rank owns that has no completion record; `work` writes shard i
-        (through `writer`/`write`). Shards finished by an earlier attempt, or by another rank, are skipped."""
-        done, todo = self.pending(expected, rank, verify)
-        result = ShardRun(owned=sorted([*done, *todo]), skipped=sorted(done))
-        for index in todo:
-            work(index)
-            result.done.append(index)
-        return result
 
     def finalize(self, expected: int,
                  extra: dict[str, Any] | Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
@@ -405,58 +388,3 @@ class ShardedFolder:
                     progress(size)
             paths.append(path)
         return paths
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Function forms of the same operations (one folder, one call), kept for callers that hold only a path.
-
-
-def open_folder(directory: PathLike) -> ShardedFolder:
-    """Open DIR as a sharded folder (nothing is read or created until a method asks)."""
-    return ShardedFolder(directory)
-
-
-def check_output(directory: PathLike, config: dict[str, Any], overwrite: bool = False) -> str:
-    return ShardedFolder(directory).check(config, overwrite)
-
-
-def prepare_output(directory: PathLike, config: dict[str, Any], overwrite: bool = False) -> str:
-    return ShardedFolder(directory).prepare(config, overwrite)
-
-
-def remove_shard(directory: PathLike, index: int) -> None:
-    ShardedFolder(directory).remove(index)
-
-
-def remove_shard_temps(directory: PathLike, index: int) -> int:
-    return ShardedFolder(directory).remove_temps(index)
-
-
-def shard_writer(directory: PathLike, index: int, schema: Any, config_sha256: str):
-    """Context manager: stream shard `index` into place with its completion record (see `ShardedFolder.writer`)."""
-    return ShardedFolder(directory).writer(index, schema, config_sha256)
-
-
-def write_shard(directory: PathLike, index: int, table: Any, record_extra: dict[str, Any] | None = None,
-                config_sha256: str | None = None) -> dict[str, Any]:
-    return ShardedFolder(directory).write(index, table, record_extra, config_sha256)
-
-
-def completed_shards(directory: PathLike, verify: bool | None = None,
-                     indices: list[int] | None = None) -> dict[int, dict[str, Any]]:
-    return ShardedFolder(directory).completed(verify, indices)
-
-
-def finalize_manifest(directory: PathLike, expected_shards: int,
-                      extra: dict[str, Any] | Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-                      ) -> dict[str, Any] | None:
-    return ShardedFolder(directory).finalize(expected_shards, extra)
-
-
-def read_manifest(directory: PathLike) -> dict[str, Any]:
-    return ShardedFolder(directory).manifest()
-
-
-def shard_paths(directory: PathLike, verify: bool | None = None) -> list[Path]:
-    """The finished output's shards in order (size-checked; SHA-256 too with `verify` or ETTIN_VERIFY=1)."""
-    return ShardedFolder(directory).shards(verify)

@@ -180,7 +180,7 @@ def folder_files(path: Path) -> list[Path]:
 
     if shards.is_sharded_output(path):
         # The output of a sharded step (mine, score, select, mix): exactly its shards, once it is finished.
-        return shards.shard_paths(path)
+        return shards.ShardedFolder(path).shards()
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
                    and not p.name.startswith((".", "_")))
     if not files:

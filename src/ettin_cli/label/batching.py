@@ -9,19 +9,23 @@ still does not fit in memory is split in halves and retried instead of killing a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.memory import is_oom, release_device_memory
+from ettin_cli.io.lifecycle import Counts
 
 
 @dataclass
-class ScoreStats:
-    """Counters a teacher accumulates over its lifetime; the scoring loop takes differences per shard."""
+class ScoreStats(Counts):
+    """Counters a teacher accumulates over its lifetime; the scoring loop takes differences per shard
+    (`stats - before`), which go into the shard's record under `stats` and add up into the manifest."""
+
+    record_key: ClassVar[str] = "stats"
 
     pairs: int = 0
     truncated_pairs: int = 0
@@ -31,16 +35,6 @@ class ScoreStats:
     padding_tokens: int = 0  # padding positions processed (0 for packed batches)
     batches: int = 0
     oom_splits: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def copy(self) -> ScoreStats:
-        return ScoreStats(**asdict(self))
-
-    def minus(self, other: ScoreStats) -> ScoreStats:
-        """Counts accumulated since the snapshot `other`."""
-        return ScoreStats(**{k: v - getattr(other, k) for k, v in asdict(self).items()})
 
     @property
     def padding_share(self) -> float:

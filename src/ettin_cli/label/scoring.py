@@ -29,9 +29,12 @@ from typing import Any
 from ettin_cli import __version__
 from ettin_cli.core import console
 from ettin_cli.core.console import logger
-from ettin_cli.core.distributed import Rank, current_rank, owned
+from ettin_cli.core.distributed import Rank, current_rank
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.io.lifecycle import ShardedStep, run_step
+from ettin_cli.io.shards import ShardedFolder, ShardWriter, manifest_path, sidecar_path
+from ettin_cli.label.batching import ScoreStats
 
 SCAN_FILE = "input_scan.json"
 DEFAULT_ROWS_PER_SHARD = 100_000
@@ -68,7 +71,7 @@ class ScoreJob:
     shard_index: int | None = None
     window_rows: int = DEFAULT_WINDOW_ROWS
     read_rows: int = 4096
-    verify: bool | None = None  # hash finished shards before skipping them (None: ETTIN_VERIFY decides)
+    verify: bool = False  # hash finished shards (SHA-256) before skipping them
 
 
 @dataclass
@@ -135,8 +138,6 @@ def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
 def _load_scan(output: Path, config_sha256: str) -> dict[str, Any] | None:
     import json
 
-    from ettin_cli.io.shards import sidecar_path
-
     try:
         data = json.loads(sidecar_path(output, SCAN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -199,14 +200,15 @@ def _merge_first(lists: list[list[int]], limit: int = 10) -> list[int]:
     return sorted(itertools.chain.from_iterable(lists))[:limit]
 
 
-def summarize_records(records: list[dict[str, Any]], run_info: dict[str, Any]) -> dict[str, Any]:
-    """Manifest fields computed from the shard records alone, so any rank that finalises writes the same."""
+def summarize_records(records: list[dict[str, Any]], stats: ScoreStats, run_info: dict[str, Any]) -> dict[str, Any]:
+    """Manifest fields computed from the shard records alone (`stats`: their summed teacher counts), so any
+    rank that finalises writes the same."""
     rows = sum(int(r["rows"]) for r in records)
     stats_keys = ("truncated_pairs", "truncated_queries", "truncated_documents", "oom_splits", "tokens",
                   "padding_tokens", "batches")
     totals: dict[str, Any] = {"rows_scored": rows}
     for key in stats_keys:
-        totals[key] = sum(int(r.get("stats", {}).get(key, 0)) for r in records)
+        totals[key] = getattr(stats, key)
     processed = totals["tokens"] + totals["padding_tokens"]
     totals["padding_share"] = round(totals["padding_tokens"] / processed, 6) if processed else 0.0
     totals["skipped_invalid"] = sum(int(r.get("skipped_invalid", 0)) for r in records)
@@ -231,28 +233,204 @@ def summarize_records(records: list[dict[str, Any]], run_info: dict[str, Any]) -
     }
 
 
+class ScoreStep(ShardedStep[ScoreStats]):
+    """Shard i holds input rows `[i*R, (i+1)*R)` plus their scores; the input is read once, in order, for the
+    shards this rank does, and each shard is scored in windows aligned to its start."""
+
+    name, unit, counts = "scoring", "pairs", ScoreStats
+
+    def __init__(self, job: ScoreJob, source: Any, handle: Any, ranges: dict[int, tuple[int, int]],
+                 total_rows: int, run_info: dict[str, Any], scan: dict[str, Any], rank: Rank):
+        import pyarrow as pa
+
+        self.job, self.source, self.handle, self.ranges = job, source, handle, ranges
+        self.total_rows, self.run_info, self.scan, self.rank = total_rows, run_info, scan, rank
+        self.output_existed = Path(job.output).exists()
+        self.output_schema = source.schema.append(pa.field(job.score_column, pa.float32()))
+        self.teacher: Any = None
+        self.groups: Iterator[tuple[int, Iterator[tuple[int, Any]]]] = iter(())
+        self.rows_scored = 0
+
+    def shards(self) -> int:
+        return len(self.ranges)
+
+    def describe(self) -> str:
+        return f"{self.job.input}"
+
+    def schema(self, index: int) -> Any:
+        return self.output_schema
+
+    def units(self, index: int) -> int:
+        return self.ranges[index][1] - self.ranges[index][0]
+
+    def setup(self, todo: list[int]) -> None:
+        from ettin_cli.label.teacher import TeacherSpec
+
+        job = self.job
+        write_json_atomic(sidecar_path(job.output, SCAN_FILE), {"config_sha256": ShardedFolder(job.output)
+                                                                 .config_sha256(), "scan": self.scan})
+        try:
+            self.teacher = (self.handle.load(job.max_length, job.instruction) if isinstance(self.handle, TeacherSpec)
+                            else self.handle)
+        except EttinError:
+            if not self.output_existed:  # a refused teacher leaves no half-made output folder
+                shutil.rmtree(job.output, ignore_errors=True)
+            raise
+        t = self.teacher
+        logger.info("scoring %s rows in %d shards with %s (%s, %s) -> %s", f"{sum(map(self.units, todo)):,}",
+                    len(todo), t.name, t.format, t.dtype, job.output)
+        self.groups = itertools.groupby(_pieces(self.source, todo, self.ranges, job, self.total_rows),
+                                        key=lambda p: p[0])
+
+    def work(self, index: int, writer: ShardWriter) -> ScoreStats:
+        """Score one shard window by window into its writer; the counts are the teacher's for this shard.
+
+        Each scored window is also committed at once as a piece (`ShardedFolder.pieces_dir`: one parquet file,
+        renamed into place, its counts in the file's metadata). A rerun after a kill takes the committed windows
+        back instead of scoring them again, so an interruption loses at most the window in flight; the shard
+        itself still appears atomically, with the same bytes as an uninterrupted run's.
+        """
+        job, rows, bar = self.job, self.ranges[index], writer.progress
+        found, group = next(self.groups, (None, iter(())))
+        if found != index:
+            raise EttinError(f"{job.input}: the input ended before shard {index} (rows {rows[0]}-{rows[1] - 1}); "
+                             "did it change during the run?")
+        started = time.perf_counter()
+        pieces = Pieces(ShardedFolder(job.output), index)
+        total = ScoreStats()
+        seen = skipped = 0
+        first_skipped: list[int] = []
+        for k, window in enumerate(_windows(group, job.window_rows)):
+            first_row = rows[0] + seen
+            seen += window.num_rows
+            target = bar.done + window.num_rows
+            piece = pieces.take(k, window.num_rows)
+            if piece is None:
+                piece = self._score_window(window, first_row, bar)
+                pieces.commit(k, window.num_rows, piece)
+            table, stats, bad = piece
+            total += stats
+            skipped += len(bad)
+            first_skipped.extend(bad[: max(0, 10 - len(first_skipped))])
+            writer.write(table)
+            bar.advance_to(target)
+        if seen != rows[1] - rows[0]:
+            raise EttinError(f"{job.input}: shard {index} expected input rows {rows[0]}-{rows[1] - 1} but read "
+                             f"{seen}; did the input change during the run?")
+        teacher = self.teacher
+        writer.extra.update({
+            "input_rows": [rows[0], rows[1]],
+            "skipped_invalid": skipped,
+            "first_skipped_rows": first_skipped,
+            "seconds": round(time.perf_counter() - started, 3),
+            "teacher": {"device": teacher.device, "attn": teacher.attn, "max_length": teacher.max_length},
+            "rank": self.rank.rank,
+            "world_size": self.rank.world_size,
+        })
+        self.rows_scored += writer.rows
+        return total
+
+    def _score_window(self, window: Any, first_row: int, bar: Any) -> tuple[Any, ScoreStats, list[int]]:
+        """(the window with its scores, the teacher's counts for it, input rows skipped as invalid)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from ettin_cli.io.tables import invalid_rows, text_column
+
+        job, teacher = self.job, self.teacher
+        before = teacher.stats.copy()
+        bad: list[int] = []
+        if job.skip_invalid:
+            bad = invalid_rows(window, (job.query_column, job.document_column), first_row, job.input)
+            if bad:
+                keep = np.ones(window.num_rows, dtype=bool)
+                keep[np.asarray(bad) - first_row] = False
+                window = window.filter(pa.array(keep))
+        queries = text_column(window, job.query_column, first_row, job.input).to_pylist()
+        documents = text_column(window, job.document_column, first_row, job.input).to_pylist()
+        # The bar moves per batch when the teacher reports batches (`on_batch`), else per window: a shard
+        # of 100,000 pairs on a 1.5B teacher is many minutes, far too long between updates.
+        if hasattr(teacher, "on_batch"):
+            teacher.on_batch = bar.advance
+        try:
+            scores = teacher.score(queries, documents, batch_size=job.batch_size,
+                                   max_tokens_per_batch=job.max_tokens_per_batch)
+        finally:
+            if hasattr(teacher, "on_batch"):
+                teacher.on_batch = None
+        table = window.append_column(self.output_schema.field(job.score_column), pa.array(scores, type=pa.float32()))
+        return table, teacher.stats - before, list(bad)
+
+    def manifest_extra(self, records: list[dict[str, Any]], total: ScoreStats) -> dict[str, Any]:
+        return summarize_records(records, total, self.run_info)
+
+
+class Pieces:
+    """The committed windows of one shard being scored (`.ettin/pieces/<shard>/<k>.parquet`), for this config.
+
+    A piece is window k's output rows, written to a temp file and renamed (a kill leaves a whole piece or none);
+    its metadata holds the config hash, the window's input rows, the teacher's counts and the skipped rows. Only
+    an unbroken run of pieces 0..k-1 of the current config is taken back.
+    """
+
+    KEY = b"ettin_piece"
+
+    def __init__(self, folder: ShardedFolder, index: int):
+        self.root = folder.pieces_dir(index)
+        self.digest = folder.config_sha256()
+        self.usable = True
+
+    def path(self, k: int) -> Path:
+        return self.root / f"{k:06d}.parquet"
+
+    def take(self, k: int, input_rows: int) -> tuple[Any, ScoreStats, list[int]] | None:
+        """Window k as committed by an earlier attempt (rows, counts, skipped rows), or None to score it."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        if not self.usable or not self.path(k).is_file():
+            self.usable = False
+            return None
+        try:
+            table = pq.read_table(self.path(k))
+            meta = json.loads((table.schema.metadata or {}).get(self.KEY, b"{}"))
+        except Exception:  # noqa: BLE001 - an unreadable piece is scored again
+            meta = {}
+        if meta.get("config_sha256") != self.digest or meta.get("input_rows") != input_rows:
+            self.usable = False
+            return None
+        return (table.replace_schema_metadata(self._plain(table.schema.metadata)), ScoreStats.from_dict(meta["stats"]),
+                list(meta["skipped"]))
+
+    def commit(self, k: int, input_rows: int, piece: tuple[Any, ScoreStats, list[int]]) -> None:
+        import json
+
+        import pyarrow.parquet as pq
+
+        from ettin_cli.core.files import atomic_path
+
+        table, stats, bad = piece
+        meta = {"config_sha256": self.digest, "input_rows": input_rows, "stats": stats.as_dict(), "skipped": bad}
+        tagged = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(meta)})
+        with atomic_path(self.path(k)) as tmp:
+            pq.write_table(tagged, tmp)
+
+    def _plain(self, metadata: dict[bytes, bytes] | None) -> dict[bytes, bytes] | None:
+        rest = {k: v for k, v in (metadata or {}).items() if k != self.KEY}
+        return rest or None
+
+
 def run_score(job: ScoreJob) -> ScoreResult:
     """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
-    import pyarrow as pa
-
-    from ettin_cli.io.shards import (
-        check_output,
-        completed_shards,
-        finalize_manifest,
-        manifest_path,
-        prepare_output,
-        sidecar_path,
-    )
     from ettin_cli.io.tables import open_input
-    from ettin_cli.label.teacher import TeacherSpec
 
     began = time.perf_counter()
     _check_job(job)
     rank = current_rank(job.num_shards, job.shard_index)
-    output = Path(job.output)
-    output_existed = output.exists()
-    if output.exists() and not output.is_dir():  # before the (slow) input checks
-        raise EttinError(f"--output {output}: is a file, not a directory")
+    output = ShardedFolder(job.output)
+    if output.root.exists() and not output.root.is_dir():  # before the (slow) input checks
+        raise EttinError(f"--output {output.root}: is a file, not a directory")
 
     source = open_input(job.input, config=job.config, split=job.split, revision=job.input_revision)
     source.require_columns(job.query_column, job.document_column)
@@ -275,26 +453,21 @@ def run_score(job: ScoreJob) -> ScoreResult:
         "skip_invalid": job.skip_invalid,
     }
     # Everything is validated before anything is written: a refused run leaves no trace in --output.
-    config_sha = check_output(output, config, job.overwrite)
+    config_sha = output.check(config, job.overwrite)
     scan = _scan_input(job, source, config_sha)
     total_rows = int(scan["rows"])
     if total_rows == 0:
         raise EttinError(f"{job.input}: no rows to score")
+    if scan["invalid_rows"] >= total_rows:  # with --skip-invalid: nothing left, refused before the teacher loads
+        raise EttinError(f"{job.input}: 0 rows to write: all {total_rows} rows have a null '{job.query_column}' or "
+                         f"'{job.document_column}'")
     if scan["invalid_rows"] and not job.skip_invalid:
         first = ", ".join(str(r) for r in scan["first_invalid_rows"])
         raise EttinError(f"{job.input}: {scan['invalid_rows']} rows with a null '{job.query_column}' or "
                          f"'{job.document_column}' (first input rows, 0-based: {first}); fix them or pass "
                          "--skip-invalid")
-    prepare_output(output, config, job.overwrite)
-    write_json_atomic(sidecar_path(output, SCAN_FILE), {"config_sha256": config_sha, "scan": scan})
-
     n_shards = math.ceil(total_rows / job.rows_per_shard)
     ranges = {i: (i * job.rows_per_shard, min((i + 1) * job.rows_per_shard, total_rows)) for i in range(n_shards)}
-    mine = [i for i in range(n_shards) if owned(i, rank)]
-    done = completed_shards(output, verify=job.verify, indices=mine)
-    todo = [i for i in mine if i not in done]
-    if done:
-        logger.info("resuming: %d of this worker's %d shards already finished and verified", len(done), len(mine))
     run_info = {
         "teacher": identity["teacher"] or (str(job.teacher) if isinstance(job.teacher, (str, Path))
                                            else job.teacher.name),
@@ -308,98 +481,18 @@ def run_score(job: ScoreJob) -> ScoreResult:
         "environment": _environment(),
         "tool_version": __version__,
     }
-
-    rows_scored = 0
-    if todo:
-        try:
-            teacher = handle.load(job.max_length, job.instruction) if isinstance(handle, TeacherSpec) else handle
-        except EttinError:
-            if not output_existed and not done:  # a refused teacher leaves no half-made output folder
-                shutil.rmtree(output, ignore_errors=True)
-            raise
-        schema = source.schema.append(pa.field(job.score_column, pa.float32()))
-        teacher_info = {"device": teacher.device, "attn": teacher.attn, "max_length": teacher.max_length}
-        todo_rows = sum(ranges[i][1] - ranges[i][0] for i in todo)
-        logger.info("scoring %s rows in %d shards with %s (%s, %s) -> %s", f"{todo_rows:,}", len(todo),
-                    teacher.name, teacher.format, teacher.dtype, output)
-        with console.progress(todo_rows, "scoring", "pairs") as bar:
-            pieces = _pieces(source, todo, ranges, job, total_rows)
-            for index, group in itertools.groupby(pieces, key=lambda p: p[0]):
-                rows_scored += _score_shard(job, teacher, output, index, ranges[index], group, schema, config_sha,
-                                            {**teacher_info, "rank": rank.rank, "world_size": rank.world_size},
-                                            bar)
-        missing = [i for i in todo if not completed_shards(output, verify=False, indices=[i])]
-        if missing:
-            raise EttinError(f"{job.input}: the input ended before shard {missing[0]} (rows "
-                             f"{ranges[missing[0]][0]}-{ranges[missing[0]][1] - 1}); did it change during the run?")
-
-    manifest = finalize_manifest(output, n_shards, extra=lambda records: summarize_records(records, run_info))
-    if manifest is None:
+    step = ScoreStep(job, source, handle, ranges, total_rows, run_info, scan, rank)
+    run = run_step(step, output, config, rank=rank, overwrite=job.overwrite, verify=job.verify)
+    for index in run.records:  # a finished shard's committed windows are no longer needed
+        shutil.rmtree(output.pieces_dir(index), ignore_errors=True)
+    if run.manifest is None:
         logger.info("this worker's shards are done; the manifest is written once every shard is finished")
     else:
-        logger.info("wrote %d shards (%s rows) and %s", n_shards, f"{manifest['totals']['rows']:,}",
-                    manifest_path(output))
-    return ScoreResult(rank=rank, shards_total=n_shards, shards_owned=mine, shards_skipped=sorted(done),
-                       shards_scored=todo, rows_scored=rows_scored, manifest=manifest,
+        logger.info("wrote %d shards (%s rows) and %s", n_shards, f"{run.manifest['totals']['rows']:,}",
+                    manifest_path(output.root))
+    return ScoreResult(rank=rank, shards_total=n_shards, shards_owned=run.owned, shards_skipped=run.skipped,
+                       shards_scored=run.done, rows_scored=step.rows_scored, manifest=run.manifest,
                        seconds=time.perf_counter() - began)
-
-
-def _score_shard(job: ScoreJob, teacher: Any, output: Path, index: int, rows: tuple[int, int],
-                 group: Iterator[tuple[int, Any]], schema: Any, config_sha: str, worker: dict[str, Any],
-                 bar: Any) -> int:
-    """Score one shard window by window into its writer; return the rows written."""
-    import numpy as np
-    import pyarrow as pa
-
-    from ettin_cli.io.shards import shard_writer
-    from ettin_cli.io.tables import invalid_rows, text_column
-
-    started = time.perf_counter()
-    before = teacher.stats.copy()
-    seen = skipped = 0
-    first_skipped: list[int] = []
-    with shard_writer(output, index, schema, config_sha) as writer:
-        for window in _windows(group, job.window_rows):
-            first_row = rows[0] + seen
-            window_rows = window.num_rows
-            seen += window_rows
-            if job.skip_invalid:
-                bad = invalid_rows(window, (job.query_column, job.document_column), first_row, job.input)
-                if bad:
-                    keep = np.ones(window.num_rows, dtype=bool)
-                    keep[np.asarray(bad) - first_row] = False
-                    window = window.filter(pa.array(keep))
-                    skipped += len(bad)
-                    first_skipped.extend(bad[: max(0, 10 - len(first_skipped))])
-            queries = text_column(window, job.query_column, first_row, job.input).to_pylist()
-            documents = text_column(window, job.document_column, first_row, job.input).to_pylist()
-            # The bar moves per batch when the teacher reports batches (`on_batch`), else per window: a shard
-            # of 100,000 pairs on a 1.5B teacher is many minutes, far too long between updates.
-            target = bar.done + window_rows
-            if hasattr(teacher, "on_batch"):
-                teacher.on_batch = bar.advance
-            try:
-                scores = teacher.score(queries, documents, batch_size=job.batch_size,
-                                       max_tokens_per_batch=job.max_tokens_per_batch)
-            finally:
-                if hasattr(teacher, "on_batch"):
-                    teacher.on_batch = None
-            writer.write(window.append_column(schema.field(job.score_column), pa.array(scores, type=pa.float32())))
-            bar.advance_to(target)
-        if seen != rows[1] - rows[0]:
-            raise EttinError(f"{job.input}: shard {index} expected input rows {rows[0]}-{rows[1] - 1} but read "
-                             f"{seen}; did the input change during the run?")
-        writer.extra.update({
-            "input_rows": [rows[0], rows[1]],
-            "skipped_invalid": skipped,
-            "first_skipped_rows": first_skipped,
-            "stats": teacher.stats.minus(before).as_dict(),
-            "seconds": round(time.perf_counter() - started, 3),
-            "teacher": {k: v for k, v in worker.items() if k not in ("rank", "world_size")},
-            "rank": worker["rank"],
-            "world_size": worker["world_size"],
-        })
-    return writer.rows
 
 
 def _environment() -> dict[str, str]:

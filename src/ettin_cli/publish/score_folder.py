@@ -96,7 +96,7 @@ def verify_score_dir(spec: ScoreSpec | str | Path) -> ScoreDir:
     config, folder = spec.config, spec.folder
     if not folder.is_dir():
         raise EttinError(f"{folder}: not a directory (expected an `ettin score` output directory)")
-    output = shards.open_folder(folder)
+    output = shards.ShardedFolder(folder)
     manifest_path = shards.manifest_path(folder)
     if not manifest_path.is_file():
         raise EttinError(f"{manifest_path}: not found (is the `ettin score` run finished? its manifest is "

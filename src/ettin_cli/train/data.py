@@ -30,7 +30,7 @@ def source_kind(source: str) -> str:
         from ettin_cli.io import shards
 
         if shards.is_sharded_output(path):
-            shards.read_manifest(path)  # one line when the step that writes this folder has not finished
+            shards.ShardedFolder(path).manifest()  # one line when the step that writes this folder has not finished
             return "score-dir"
         if (path / "README.md").is_file() or (path / "dataset_infos.json").is_file():
             return "dataset-dir"
@@ -118,9 +118,9 @@ def manifest_target(source: str, depth: int = 0) -> str | None:
     """The column an `ettin score` folder wrote its scores to, from its manifest (followed back through `ettin
     select` / `mix` folders). Such a folder also carries its input's columns, often a qrels `label`, so its
     manifest, not a guess between `label` and `score`, names the target."""
-    from ettin_cli.io.shards import is_finished, read_manifest
+    from ettin_cli.io.shards import ShardedFolder, is_finished
 
-    config = read_manifest(source).get("config") or {}
+    config = ShardedFolder(source).manifest().get("config") or {}
     if config.get("score_column"):
         return str(config["score_column"])
     upstream = config.get("input")
@@ -134,9 +134,9 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
     """The parts of one source, each with the label its errors name it by (the source, or source + config)."""
     kind = source_kind(source)
     if kind == "score-dir":
-        from ettin_cli.io.shards import shard_paths
+        from ettin_cli.io.shards import ShardedFolder
 
-        files = shard_paths(source)  # in order, each checked against the manifest's size and SHA-256
+        files = ShardedFolder(source).shards()  # in order, each checked against the manifest's size and SHA-256
         if not files:
             raise EttinError(f"{source}: manifest.json lists no shards")
         return [(source, _load_files(files, cache_dir, source))]
@@ -303,9 +303,9 @@ def score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
     An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
     that folder as `input`, which is followed back (a few steps at most).
     """
-    from ettin_cli.io.shards import is_finished, read_manifest
+    from ettin_cli.io.shards import ShardedFolder, is_finished
 
-    manifest = read_manifest(source)
+    manifest = ShardedFolder(source).manifest()
     config = manifest.get("config") or {}
     teacher = manifest.get("teacher") or config.get("teacher") or (
         f"local model sha256:{config['teacher_sha256'][:12]}" if config.get("teacher_sha256") else None)
