@@ -149,9 +149,9 @@ $(WORK)/scored/%/.ettin/manifest.json: $$(SCORE_INPUT)/.ettin/manifest.json | $(
 
 score: need-SUBSET $(WORK)/scored/$(SUBSET)/.ettin/manifest.json ## 2. teacher logits for one subset: SUBSET=msmarco [NPROC=8]
 
-# The check first: make runs prerequisites in order (also with -j: score-all's scores wait for it).
-score-all: $(WORK)/teacher-check/teacher_check.json \
-	$(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/.ettin/manifest.json) ## 2. every subset
+# The check first: a serial make runs prerequisites in order (with -j, run `make check-teacher` before).
+SCORED_ALL = $(foreach s,$(PRETRAINING) validation $(SELECTED),$(WORK)/scored/$(s)/.ettin/manifest.json)
+score-all: $(WORK)/teacher-check/teacher_check.json $(SCORED_ALL) ## 2. every subset, after check-teacher
 
 $(WORK)/selected/%/.ettin/manifest.json: $(WORK)/scored/%/.ettin/manifest.json | $(STAMP)
 	$(RUN) select $(WORK)/scored/$* --output $(WORK)/selected/$*

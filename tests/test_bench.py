@@ -157,7 +157,7 @@ def test_cpu_search_respects_the_cap_and_the_memory_limit(clock, monkeypatch):
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """Run the GPU branch of the search on CPU: no-op synchronisation and a fake allocator peak."""
-    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    monkeypatch.setattr(bench, "sync", lambda device: None)
     monkeypatch.setattr(bench, "reset_peak_memory", lambda device: None)
     monkeypatch.setattr(bench, "peak_memory_bytes", lambda device: (2**30, "cuda_max_memory_allocated"))
     monkeypatch.setattr(bench, "_release", lambda device: None)

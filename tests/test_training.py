@@ -710,6 +710,7 @@ def test_a_run_worse_than_its_start_is_flagged_with_a_warning(trained, scored, c
     """Held-out NDCG@10 after < before, or eval MSE above the teacher scores' variance: a WARNING and a flag."""
     import logging
 
+    from ettin_cli.publish.training_record import TrainingRecord
     from ettin_cli.train.outputs import check_quality
 
     real = trained["record"]
@@ -718,15 +719,16 @@ def test_a_run_worse_than_its_start_is_flagged_with_a_warning(trained, scored, c
         ("mse_above_variance", real["metrics"]["after_eval_loss"] > float(np.var(scored["held_scores"]))))
         if bad]
     assert real["quality_flags"] == expected  # 8 tiny steps: the MSE is still above the cosines' small variance
-    record = {"config": {"loss": {"name": "mse"}},
-              "metrics": {"before": {"mean": 0.40}, "after": {"mean": 0.35}, "after_eval_loss": 2.5}}
+    record = TrainingRecord(config={"loss": {"name": "mse"}},
+                            metrics={"before": {"mean": 0.40}, "after": {"mean": 0.35}, "after_eval_loss": 2.5})
     with caplog.at_level(logging.WARNING):
         flags = check_quality(record, targets_variance=2.0)
     assert flags == ["ndcg_after_below_before", "mse_above_variance"]
     text = caplog.text
     assert "NDCG@10 0.3500 is BELOW the untrained student's 0.4000: training made the ranking worse" in text
     assert "MSE to the teacher 2.5000 is ABOVE the variance of its scores 2.0000" in text
-    good = {**record, "metrics": {"before": {"mean": 0.40}, "after": {"mean": 0.45}, "after_eval_loss": 1.0}}
+    good = TrainingRecord(config=record.config,
+                          metrics={"before": {"mean": 0.40}, "after": {"mean": 0.45}, "after_eval_loss": 1.0})
     assert check_quality(good, targets_variance=2.0) == []
 
 
