@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ettin_cli.core.errors import EttinError
+
 
 def _umask() -> int:
     """The process umask (read by setting and restoring it: POSIX has no read-only call)."""
@@ -115,3 +117,15 @@ def local_model_identity(path: str | os.PathLike[str]) -> str:
         else:
             digest.update(f"{rel}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON file holding an object: {} when the file is absent, a one-line error when it is not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    return data if isinstance(data, dict) else {}

@@ -13,12 +13,12 @@ truncation at the model's max length, exactly as `CrossEncoder.predict` tokenize
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import read_json_object
 
 ONNX_DIR = "onnx"
 OPENVINO_DIR = "openvino"
@@ -27,25 +27,15 @@ GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_BATCH_SIZE = 32
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def model_max_length(model_dir: str | Path) -> int:
     """The token cap `CrossEncoder` applies: `max_seq_length` of sentence_bert_config.json when saved, else the
     tokenizer's `model_max_length` capped by the model's positions."""
     folder = Path(model_dir)
-    st_cap = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    st_cap = read_json_object(folder / "sentence_bert_config.json").get("max_seq_length")
     if isinstance(st_cap, int) and st_cap > 0:  # Sentence Transformers' own setting wins when it is saved
         return st_cap
-    tok = _read_json(folder / "tokenizer_config.json")
-    config = _read_json(folder / "config.json")
+    tok = read_json_object(folder / "tokenizer_config.json")
+    config = read_json_object(folder / "config.json")
     limits = [int(v) for v in (tok.get("model_max_length"), config.get("max_position_embeddings"))
               if isinstance(v, (int, float)) and 0 < v < 10**7]
     if not limits:
@@ -63,7 +53,7 @@ def load_tokenizer(model_dir: str | Path, max_length: int | None = None) -> Any:
     if not path.is_file():
         raise EttinError(f"{folder}: no tokenizer.json (an exported model needs the fast tokenizer's file)")
     tokenizer = Tokenizer.from_file(str(path))
-    tok_config = _read_json(folder / "tokenizer_config.json")
+    tok_config = read_json_object(folder / "tokenizer_config.json")
     pad_token = tok_config.get("pad_token")
     pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
     pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
@@ -83,7 +73,7 @@ def _activation(model_dir: Path) -> Callable[[Any], Any]:
     """The CrossEncoder's activation (identity for Ettin students: raw scores), as numpy."""
     import numpy as np
 
-    name = str(_read_json(model_dir / "config_sentence_transformers.json").get("activation_fn") or "Identity")
+    name = str(read_json_object(model_dir / "config_sentence_transformers.json").get("activation_fn") or "Identity")
     if name.endswith("Identity"):
         return lambda x: x
     if name.endswith("Sigmoid"):

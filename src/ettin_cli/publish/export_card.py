@@ -8,12 +8,12 @@ torch. The section sits between markers, so a card pushed again gets it replaced
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import read_json_object
 
 PARITY_FILE = "parity.json"
 EXPORT_DIRS = ("onnx", "openvino")
@@ -24,13 +24,8 @@ END = "<!-- ettin-export:end -->"
 def read_parity(folder: Path) -> dict[str, Any]:
     """`FOLDER/parity.json` written by `ettin export` ({} when absent)."""
     path = folder / PARITY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EttinError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("exports", {}), dict):
+    data = read_json_object(path)
+    if not isinstance(data.get("exports", {}), dict):
         raise EttinError(f"{path}: not a parity record of `ettin export`")
     return data
 
