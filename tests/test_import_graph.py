@@ -118,3 +118,31 @@ def test_imports_point_down_the_layers():
     upward = [f"{name} -> {dep}" for name, deps in sorted(import_graph().items()) for dep in sorted(deps)
               if layer(name) is not None and layer(dep) is not None and layer(dep) > layer(name)]
     assert upward == [], "imports against the layering: " + "; ".join(upward)
+
+
+def function_level_imports(path: Path) -> list[str]:
+    """`file:line` of every import of this package made inside a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                own = (isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith(PACKAGE))
+                       or isinstance(inner, ast.Import) and any(a.name.startswith(PACKAGE) for a in inner.names))
+                if own:
+                    found.append(f"{path.name}:{inner.lineno}")
+    return found
+
+
+def test_function_level_imports_are_found(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import os\nfrom ettin_cli.core import files\n\ndef f():\n    import json\n"
+                    "    from ettin_cli.io import shards\n\ndef g():\n    from . import x\n")
+    assert function_level_imports(path) == ["m.py:6", "m.py:9"]
+
+
+def test_sibling_imports_sit_at_module_top():
+    """Lazy imports are for heavy libraries (torch, transformers, datasets, ...); a module of this package is
+    imported where the module starts, so the import graph reads from the top of each file (issue #22)."""
+    root = Path(ettin_cli.__file__).parent
+    lazy = [hit for path in sorted(root.rglob("*.py")) for hit in function_level_imports(path)]
+    assert lazy == [], "imports of ettin_cli inside functions: " + ", ".join(lazy)

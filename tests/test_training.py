@@ -513,21 +513,21 @@ def test_an_interruption_while_writing_the_outputs_is_finished_by_a_rerun_withou
         test_recipe, scored, cranfield_dir, tmp_path, monkeypatch):
     """Killed while drawing the curves (the last output before): the run is not "complete" (no final/), and the
     rerun writes what is missing from the saved model without building a student or training again."""
-    import ettin_cli.measure.charts as charts
+    import ettin_cli.train.outputs as outputs
     import ettin_cli.train.run as run_module
 
     out = tmp_path / "out"
     config = train_request(test_recipe, scored, cranfield_dir, out, max_steps=2)
-    drawn = charts.training_curves_chart
+    drawn = outputs.training_curves_chart
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(charts, "training_curves_chart", killed)
+    monkeypatch.setattr(outputs, "training_curves_chart", killed)
     with pytest.raises(KeyboardInterrupt):
         run_training(config)
     assert not (out / "final").exists() and not (out / "training_curves.png").exists()
-    monkeypatch.setattr(charts, "training_curves_chart", drawn)
+    monkeypatch.setattr(outputs, "training_curves_chart", drawn)
     monkeypatch.setattr(run_module, "build_student_for", lambda *a, **k: pytest.fail("the rerun trained again"))
     record = run_training(config)
     final = out / "final"

@@ -34,10 +34,14 @@ import numpy as np
 from ettin_cli.core.console import logger
 from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import resolve_device
 from ettin_cli.core.recipes import from_recipe
-from ettin_cli.io.beir import document_text
+from ettin_cli.io import tables
+from ettin_cli.io.beir import document_text, iter_jsonl_rows
+from ettin_cli.io.beir import read_qrels as read_beir_qrels
 from ettin_cli.io.lifecycle import Counts, ShardedStep, run_step
 from ettin_cli.io.shards import ShardedFolder, ShardWriter
+from ettin_cli.measure import retrieval
 from ettin_cli.measure.retrieval import RunningTopK
 
 ID_COLUMNS = ("_id", "id", "doc_id", "docid", "corpus_id", "query_id", "qid")
@@ -124,7 +128,6 @@ def resolve_inputs(corpus: str | Path, queries: str | Path | None = None, qrels:
 
 def _iter_beir_rows(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, id, text) from a BEIR jsonl file, one line at a time."""
-    from ettin_cli.io.beir import iter_jsonl_rows
 
     for line_no, row in iter_jsonl_rows(path):
         yield line_no, str(row["_id"]), document_text(row)
@@ -144,7 +147,6 @@ def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], wha
 
 def _iter_table_rows(src: TextSource, batch_size: int = 8192) -> Iterator[tuple[int, str, str]]:
     """(row number, id, text) from a parquet/jsonl/csv table, read in batches through `tables`."""
-    from ettin_cli.io import tables
 
     source = tables.open_input(src.path)
     names = source.column_names
@@ -209,7 +211,6 @@ def scan_corpus_ids(src: TextSource) -> set[str]:
 
 def read_qrels(path: Path, queries: dict[str, str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
     """The qrels of a mining run, checked against the queries and the corpus ids (see `beir.read_qrels`)."""
-    from ettin_cli.io.beir import read_qrels as read_beir_qrels
 
     return read_beir_qrels(path, corpus=doc_ids, queries=queries)
 
@@ -236,11 +237,9 @@ def iter_corpus_chunks(src: TextSource, chunk_size: int) -> Iterator[tuple[int, 
 
 def make_search(retriever: str, *, batch_size: int = 64, device: str | None = None) -> tuple[SearchFn, str]:
     """A search function for `bm25` or a bi-encoder (loaded once, reused for every chunk and block)."""
-    from ettin_cli.measure import retrieval
 
     if retriever.lower() == "bm25":
         return (lambda corpus, queries, k: retrieval.bm25_search(corpus, queries, k)), "bm25"
-    from ettin_cli.core.hardware import resolve_device
 
     model = retrieval._load_bi_encoder(retriever, resolve_device(device))
 

@@ -33,8 +33,11 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.data import upstream_filter
+from ettin_cli.io import tables
 from ettin_cli.io.lifecycle import Counts, ShardedStep, run_stream
 from ettin_cli.io.shards import ShardedFolder, config_hash, is_finished, is_sharded_output
+from ettin_cli.io.tables import text_column
 
 GROUPS = ("pre-training", "retrieval")
 OUTPUT_COLUMNS = ("query", "document", "score")
@@ -205,8 +208,6 @@ class SourceReader:
     """Row count and batches of one source, through `tables.open_input` (local files or a streamed Hub id)."""
 
     def __init__(self, spec: SourceSpec, verify: bool = False):
-        from ettin_cli.io import tables
-
         self.spec = spec
         if spec.path:
             target = _paths_of(Path(spec.path), verify)
@@ -277,8 +278,6 @@ def _hub_num_rows(source: Any) -> int | None:
 
 def _standardize(table: Any, spec: SourceSpec, score_column: str | None) -> Any:
     import pyarrow as pa
-
-    from ettin_cli.io.tables import text_column
 
     where = f"source '{spec.name}' ({spec.origin})"
     arrays = [text_column(table, spec.columns["query"], 0, where),
@@ -427,7 +426,6 @@ def build_mix(plan: MixPlan, output: str | Path, *, overwrite: bool = False,
     """
     out = Path(output)
     # Open every source first: a missing column or an unreadable source fails before anything is written.
-    from ettin_cli.data import upstream_filter
 
     readers = {spec.name: upstream_filter.wrap(SourceReader(spec, verify)) for spec in plan.sources}
     val_reader = None

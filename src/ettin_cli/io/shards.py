@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli import __version__
+from ettin_cli.core.distributed import owned
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import atomic_path, sha256_file, write_json_atomic
 
@@ -299,7 +300,6 @@ class ShardedFolder:
     def pending(self, expected: int, rank: Any, verify: bool = False) -> tuple[dict[int, dict[str, Any]],
                                                                                       list[int]]:
         """(finished records, shards to do) among the `expected` shards this rank owns (`i % world == rank`)."""
-        from ettin_cli.core.distributed import owned
 
         mine = [i for i in range(expected) if owned(i, rank)]
         done = self.completed(verify=verify, indices=mine)

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import sha256_file
+from ettin_cli.core.sources import resolve_source
+from ettin_cli.io import shards
 
 EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv",
               ".tsv": "csv"}
@@ -152,7 +155,6 @@ def open_input(spec: str | os.PathLike[str], *, config: str | None = None, split
     Local-or-Hub is decided by `core.sources.resolve_source` (a mistyped path fails at once, an offline Hub id
     within a second); a finished sharded output is read as exactly its shards, in order.
     """
-    from ettin_cli.core.sources import resolve_source
 
     source = resolve_source(spec, option=option, offline_hint=f"{option} a local parquet/jsonl/csv file or folder",
                             repo_type="dataset")
@@ -176,7 +178,6 @@ def open_input(spec: str | os.PathLike[str], *, config: str | None = None, split
 
 def folder_files(path: Path) -> list[Path]:
     """The data files of a folder: a sharded output's verified shards (in order), else its table files by name."""
-    from ettin_cli.io import shards
 
     if shards.is_sharded_output(path):
         # The output of a sharded step (mine, score, select, mix): exactly its shards, once it is finished.
@@ -282,8 +283,6 @@ def scan_text_columns(source: InputSource, query_column: str, document_column: s
 
 
 def _sha256(path: Path) -> str:
-    from ettin_cli.core.files import sha256_file
-
     return sha256_file(path)
 
 

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import torch_dtype
 from ettin_cli.label.base import DEFAULT_ENCODER_BATCH, BaseTeacher
 from ettin_cli.label.batching import check_texts, plan_batches
 from ettin_cli.label.fit import loading_report, refuse_loading_problems
 
 
 def _st_model_kwargs(dtype: str, attn: str) -> dict[str, Any]:
-    from ettin_cli.core.hardware import torch_dtype
-
     return {"dtype": torch_dtype(dtype), "attn_implementation": attn}
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import torch_dtype
 from ettin_cli.label.base import BaseTeacher
 from ettin_cli.label.batching import check_texts, plan_batches
+from ettin_cli.label.fit import refuse_loading_problems
 from ettin_cli.label.judges import JudgeFormat, answer_ids, token_ids
 
 
@@ -34,9 +36,6 @@ class JudgeTeacher(BaseTeacher):
                  instruction: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ettin_cli.core.hardware import torch_dtype
-        from ettin_cli.label.fit import refuse_loading_problems
 
         super().__init__(name, path, device, dtype, attn, max_length or judge.max_length, revision)
         self.judge = judge

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.recipes import parse_yaml_mapping, recipes_dir
 
 PIECES = ("prefix", "query", "document", "task", "suffix")  # each exactly once, in this order
 _KINDS = (*PIECES, "text")  # `text`: a literal piece anywhere between prefix and suffix (a separator)
@@ -72,7 +73,6 @@ def builtin_dir() -> Path:
 
     A custom recipes folder without a `teachers/` of its own still gets the built-in judge formats.
     """
-    from ettin_cli.core.recipes import recipes_dir
 
     custom = recipes_dir() / "teachers"
     return custom if custom.is_dir() else Path(__file__).resolve().parents[3] / "recipes" / "teachers"
@@ -105,7 +105,6 @@ def load_judge_format(name_or_path: str | os.PathLike[str], option: str = "--tea
 
 def parse_judge_format(path: Path) -> JudgeFormat:
     """Read and check one judge format file; every error is one line naming the file and the key."""
-    from ettin_cli.core.recipes import parse_yaml_mapping
 
     raw = path.read_bytes()
     try:

@@ -31,10 +31,13 @@ from ettin_cli.core import console
 from ettin_cli.core.console import logger
 from ettin_cli.core.distributed import Rank, current_rank
 from ettin_cli.core.errors import EttinError
-from ettin_cli.core.files import write_json_atomic
+from ettin_cli.core.files import atomic_path, local_model_identity, write_json_atomic
 from ettin_cli.io.lifecycle import ShardedStep, run_step
 from ettin_cli.io.shards import ShardedFolder, ShardWriter, manifest_path, sidecar_path
+from ettin_cli.io.tables import invalid_rows, open_input, scan_text_columns, text_column
 from ettin_cli.label.batching import ScoreStats
+from ettin_cli.label.judges import builtin_dir
+from ettin_cli.label.teacher import TeacherSpec, resolve_teacher
 
 SCAN_FILE = "input_scan.json"
 DEFAULT_ROWS_PER_SHARD = 100_000
@@ -105,9 +108,6 @@ def _check_job(job: ScoreJob) -> None:
 
 def _teacher_identity(job: ScoreJob) -> tuple[dict[str, Any], Any]:
     """(identity for the run config, a TeacherSpec to load later or the teacher object given)."""
-    from ettin_cli.core.files import local_model_identity
-    from ettin_cli.label.judges import builtin_dir
-    from ettin_cli.label.teacher import resolve_teacher
 
     if isinstance(job.teacher, (str, Path)):
         spec = resolve_teacher(str(job.teacher), job.teacher_format, device=job.device, dtype=job.dtype,
@@ -146,8 +146,6 @@ def _load_scan(output: Path, config_sha256: str) -> dict[str, Any] | None:
 
 
 def _scan_input(job: ScoreJob, source: Any, config_sha256: str) -> dict[str, Any]:
-    from ettin_cli.io.tables import scan_text_columns
-
     cached = _load_scan(Path(job.output), config_sha256) if Path(job.output).is_dir() else None
     if cached is not None:
         logger.debug("input check: reusing the cached pass in %s", job.output)
@@ -264,8 +262,6 @@ class ScoreStep(ShardedStep[ScoreStats]):
         return self.ranges[index][1] - self.ranges[index][0]
 
     def setup(self, todo: list[int]) -> None:
-        from ettin_cli.label.teacher import TeacherSpec
-
         job = self.job
         write_json_atomic(sidecar_path(job.output, SCAN_FILE), {"config_sha256": ShardedFolder(job.output)
                                                                  .config_sha256(), "scan": self.scan})
@@ -334,8 +330,6 @@ class ScoreStep(ShardedStep[ScoreStats]):
         """(the window with its scores, the teacher's counts for it, input rows skipped as invalid)."""
         import numpy as np
         import pyarrow as pa
-
-        from ettin_cli.io.tables import invalid_rows, text_column
 
         job, teacher = self.job, self.teacher
         before = teacher.stats.copy()
@@ -408,8 +402,6 @@ class Pieces:
 
         import pyarrow.parquet as pq
 
-        from ettin_cli.core.files import atomic_path
-
         table, stats, bad = piece
         meta = {"config_sha256": self.digest, "input_rows": input_rows, "stats": stats.as_dict(), "skipped": bad}
         tagged = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(meta)})
@@ -423,7 +415,6 @@ class Pieces:
 
 def run_score(job: ScoreJob) -> ScoreResult:
     """Score `job.input` into `job.output` (this rank's shards), then finalise the manifest if all are done."""
-    from ettin_cli.io.tables import open_input
 
     began = time.perf_counter()
     _check_job(job)

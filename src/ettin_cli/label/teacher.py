@@ -23,6 +23,8 @@ from typing import Any
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import resolve_device, resolve_precision
+from ettin_cli.core.sources import resolve_source
 from ettin_cli.label.base import (  # noqa: F401  (re-exported: the teacher API in one place)
     DEFAULT_ENCODER_BATCH,
     DEFAULT_MAX_TOKENS_CPU,
@@ -74,7 +76,6 @@ def resolve_model_path(model: str, revision: str | None = None) -> tuple[Path, s
     A Hub id is fetched with `huggingface_hub.snapshot_download` (cached; weights in safetensors only), so the
     manifest can record the exact revision that produced the labels.
     """
-    from ettin_cli.core.sources import resolve_source
 
     source = resolve_source(model, option="--teacher", offline_hint="--teacher DIR (a local model folder)")
     if source.path is not None:
@@ -183,7 +184,6 @@ def resolve_teacher(model: str | os.PathLike[str], format: str = "auto", *, devi
     The format is checked against what the folder says it is (`fit.check_format_fits`) here, before any
     weights are read or any output is written.
     """
-    from ettin_cli.core.hardware import resolve_device, resolve_precision
 
     judge = check_format_name(format, option)
     name = str(model)

@@ -16,7 +16,10 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import write_json_atomic
+from ettin_cli.core.hardware import describe
 from ettin_cli.label.exported import ONNX_DIR, OPENVINO_DIR, ExportedCrossEncoder
+from ettin_cli.label.teacher import load_teacher
 from ettin_cli.measure.bench import measure
 from ettin_cli.measure.parity import CheckSet, parity_figures
 
@@ -51,7 +54,6 @@ def export_rows(model_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _load(model_dir: Path, backend: str, exports: dict[str, dict[str, Any]], max_length: int | None) -> Any:
     if backend == "torch":
-        from ettin_cli.label.teacher import load_teacher
 
         return load_teacher(str(model_dir), "cross-encoder", device="cpu", dtype="float32", attn="sdpa",
                             max_length=max_length)
@@ -66,7 +68,6 @@ def run_backend_bench(models: Sequence[str], pairs: Sequence[tuple[str, str]], b
                       memory_limit: int | None = None, batch_size: int | None = None,
                       max_length: int | None = None) -> dict[str, Any]:
     """Time every backend of every model folder on `pairs` (CPU); each row with its parity to PyTorch fp32."""
-    from ettin_cli.core.hardware import describe
 
     rows: list[dict[str, Any]] = []
     check = CheckSet("bench pairs", list(pairs))
@@ -130,7 +131,6 @@ def backend_table(report: dict[str, Any]) -> Any:
 
 def write_backend_bench(report: dict[str, Any], output_dir: str | Path) -> Path:
     """`OUTPUT/bench.json` (atomic), as the rest of `ettin bench` writes it."""
-    from ettin_cli.core.files import write_json_atomic
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -28,7 +28,14 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import write_json_atomic
+from ettin_cli.core.hardware import describe
 from ettin_cli.core.memory import is_oom, release_device_memory
+from ettin_cli.io.beir import load_beir
+from ettin_cli.label.teacher import is_judge_format, load_teacher
+from ettin_cli.measure.charts import bench_chart
+from ettin_cli.measure.eval_data import load_nanobeir
+from ettin_cli.measure.evaluation import expand_formats, model_labels, resolve_model
 from ettin_cli.measure.settings import Setting, sync
 
 DEFAULT_DATA = "nanobeir:nq"  # natural-questions pairs, as in the published throughput table
@@ -52,7 +59,6 @@ def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 40
     rng = random.Random(seed)
     text = str(data)
     if text.lower().startswith("nanobeir"):
-        from ettin_cli.measure.eval_data import load_nanobeir
 
         names = [n for n in text.split(":", 1)[1].split(",") if n] if ":" in text else ["nq"]
         datasets, candidates = load_nanobeir(names)
@@ -79,8 +85,6 @@ def bench_pairs(data: str | os.PathLike[str] = DEFAULT_DATA, num_pairs: int = 40
 
 
 def _beir_pairs(path: Path, rng: random.Random, docs_per_query: int) -> list[tuple[str, str]]:
-    from ettin_cli.io.beir import load_beir
-
     ds = load_beir(path, require_qrels=False)
     doc_ids = list(ds.corpus)
     query_ids = list(ds.queries)
@@ -366,15 +370,12 @@ def run_bench(
     the token-length distribution of the pairs and how many its max length cuts. `instruction` replaces the
     default instruction of judge-format models (its length is part of their cost).
     """
-    from ettin_cli.core.hardware import describe
-    from ettin_cli.label.teacher import is_judge_format, load_teacher
 
     models = [str(m) for m in models]
     if not models:
         raise EttinError("give at least one MODEL to benchmark")
     if max_length is not None and max_length < 8:
         raise EttinError(f"--max-length must be at least 8, got {max_length}")
-    from ettin_cli.measure.evaluation import expand_formats, model_labels, resolve_model
 
     formats = expand_formats(models, formats)
 
@@ -476,8 +477,6 @@ def bench_table(report: dict[str, Any]) -> Any:
 
 def write_bench(report: dict[str, Any], output_dir: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     """`bench.json` and, when at least one setting ran, `bench.png` under `output_dir` (atomic writes)."""
-    from ettin_cli.core.files import write_json_atomic
-    from ettin_cli.measure.charts import bench_chart
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -68,7 +68,6 @@ class StudentBuilder(Protocol):
 
 class StudentFactory(Protocol):
     """The tiny student on this run's backbone and device, at a precision, for inference or training."""
-
     def __call__(self, precision: Precision, *, for_training: bool) -> CrossEncoder: ...
 
 

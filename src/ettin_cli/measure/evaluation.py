@@ -27,9 +27,14 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.files import atomic_path, write_json_atomic
+from ettin_cli.core.hardware import resolve_device
 from ettin_cli.core.memory import release_device_memory
 from ettin_cli.io.beir import BeirDataset
+from ettin_cli.label.fit import check_format_fits
+from ettin_cli.label.teacher import check_format_name, detect_format, is_judge_format, load_teacher, resolve_model_path
 from ettin_cli.measure.agreement import quality_flags, score_agreement, warn_quality
+from ettin_cli.measure.charts import eval_chart
 from ettin_cli.measure.eval_data import Candidates, load_eval_data
 from ettin_cli.measure.retrieval import SearchResults, bm25_search, dense_search, load_bi_encoder
 
@@ -218,7 +223,6 @@ def write_trec_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, 
     Scores are written with `repr` precision so a metric recomputed from the file matches the one computed
     in memory.
     """
-    from ettin_cli.core.files import atomic_path
 
     tag = "".join(ch if not ch.isspace() else "_" for ch in tag) or "ettin"
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -280,8 +284,6 @@ def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
     Cheap for local folders (config files only), so commands call it for every model before any heavy work;
     a format the folder does not fit (a cross-encoder as a bi-encoder, say) is refused here.
     """
-    from ettin_cli.label.fit import check_format_fits
-    from ettin_cli.label.teacher import check_format_name, detect_format, resolve_model_path
 
     judge = check_format_name(fmt, "--format")
     try:
@@ -297,7 +299,6 @@ def resolve_model(model: str, fmt: str = "auto") -> tuple[str, str]:
 
 def expand_formats(models: Sequence[str], formats: Sequence[str]) -> list[str]:
     """One score format per model from `--format` given once (for all models) or once per model, in order."""
-    from ettin_cli.label.teacher import check_format_name
 
     formats = list(formats) or ["auto"]
     if len(formats) not in (1, len(models)):
@@ -341,7 +342,6 @@ def compare_models(
     `eval.json` (every number and setting), `eval.png` and one TREC run file per model and dataset under
     `runs/`, all at the end and atomically.
     """
-    from ettin_cli.label.teacher import is_judge_format, load_teacher
 
     models = [str(m) for m in models]
     if not models:
@@ -364,7 +364,6 @@ def compare_models(
     datasets = [ds.first_queries(max_queries) for ds in datasets]
     retriever_name = "bm25" if retriever.lower() == "bm25" else str(retriever)
     if retriever_name != "bm25":
-        from ettin_cli.core.hardware import resolve_device
 
         candidates = retrieve_candidates(datasets, retriever_name, top_k, known=known, device=resolve_device(device))
     else:
@@ -425,8 +424,6 @@ def compare_models(
 def write_report(report: dict[str, Any], all_runs: Mapping[str, Mapping[str, Run]],
                  output_dir: str | os.PathLike[str]) -> None:
     """`eval.json`, `eval.png` and `runs/<model>/<dataset>.trec` under `output_dir` (each file atomic)."""
-    from ettin_cli.core.files import write_json_atomic
-    from ettin_cli.measure.charts import eval_chart
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():

@@ -32,7 +32,7 @@ from ettin_cli.core.files import local_model_identity, write_json_atomic
 from ettin_cli.core.hardware import resolve_device
 from ettin_cli.core.memory import release_device_memory
 from ettin_cli.core.sources import resolve_source
-from ettin_cli.label.teacher import is_judge_format
+from ettin_cli.label.teacher import is_judge_format, load_teacher
 from ettin_cli.measure.evaluation import SCORE_CHUNK, expand_formats, model_labels, resolve_model
 from ettin_cli.measure.mteb_report import build_report, load_protocol, write_outputs
 from ettin_cli.measure.mteb_tasks import expected_queries, is_local_task, load_task, require_mteb, select_tasks
@@ -171,7 +171,6 @@ class EttinReranker:
 
     def _scorer(self) -> Any:
         if self.scorer is None:
-            from ettin_cli.label.teacher import load_teacher
 
             kwargs = dict(self.load_kwargs)
             if not is_judge_format(self.format):

@@ -22,6 +22,7 @@ from typing import Any
 
 from ettin_cli.core.errors import EttinError
 from ettin_cli.io.beir import BeirDataset, load_beir
+from ettin_cli.measure.bench import bench_pairs
 from ettin_cli.measure.evaluation import compute_metrics, evaluated_qrels
 from ettin_cli.measure.retrieval import bm25_search
 
@@ -67,7 +68,6 @@ def load_check_set(spec: str | os.PathLike[str], *, num_pairs: int, top_k: int, 
         pairs = [(dataset.queries[q], dataset.corpus[d]) for q, d in keys]
         return CheckSet(str(path), pairs, keys, dataset)
     if path.is_file():
-        from ettin_cli.measure.bench import bench_pairs
 
         pairs = bench_pairs(path, num_pairs, seed=seed)
         return CheckSet(str(path), list(dict.fromkeys(pairs)))

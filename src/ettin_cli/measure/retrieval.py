@@ -18,6 +18,7 @@ from typing import Any
 
 from ettin_cli.core import console
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.sources import resolve_source
 
 SearchResults = dict[str, list[tuple[str, float]]]
 
@@ -169,7 +170,6 @@ def load_bi_encoder(model: Any, device: str | None = None) -> Any:
 
     if isinstance(model, SentenceTransformer):
         return model
-    from ettin_cli.core.sources import resolve_source
 
     name = str(model)
     source = resolve_source(name, option="--retriever", offline_hint="--retriever DIR (a local model folder)")

@@ -40,7 +40,10 @@ from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
 from ettin_cli.core.recipes import read_yaml, recipes_dir
+from ettin_cli.core.sources import resolve_source
+from ettin_cli.io.tables import open_input
 from ettin_cli.label.exported import GRAPH_INPUTS, ONNX_DIR, OPENVINO_DIR, ExportedCrossEncoder, load_tokenizer
+from ettin_cli.measure.bench import bench_pairs
 from ettin_cli.measure.parity import ParityError, bound_violations, load_check_set, ndcg_at_10, parity_figures
 from ettin_cli.publish.export_card import PARITY_FILE, read_parity
 from ettin_cli.publish.training_record import TrainingRecord
@@ -264,11 +267,9 @@ def calibration_pairs(model_dir: Path, spec: str | None, num_pairs: int, seed: i
     for source in sources:
         path = Path(source)
         if path.is_dir() and (path / "corpus.jsonl").is_file():
-            from ettin_cli.measure.bench import bench_pairs
 
             pairs += bench_pairs(path, num_pairs, seed=seed)
             continue
-        from ettin_cli.io.tables import open_input
 
         table = open_input(source, option="--calibration")
         table.require_columns("query", "document")
@@ -419,7 +420,6 @@ def apply_bound_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> d
 
 def resolve_model(model: str, output: str | None) -> str:
     """A local model folder as is; a Hub id downloaded to the Hub cache (then --output is required)."""
-    from ettin_cli.core.sources import resolve_source
 
     source = resolve_source(model, option="MODEL", offline_hint="MODEL as a local model folder")
     if source.is_local:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ettin_cli.core.console import logger
+from ettin_cli.core.console import logger, progress
 from ettin_cli.train.checkpoints import write_checkpoint_record
 from ettin_cli.train.config import TrainConfig
 
@@ -148,7 +148,6 @@ def make_callbacks(config: TrainConfig, meter: TokenMeter) -> list:
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
-            from ettin_cli.core.console import progress
 
             remaining = max(state.max_steps - state.global_step, 0) * global_batch
             self._cm = progress(remaining, "training", unit="pairs")

@@ -17,6 +17,7 @@ from ettin_cli import __version__
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
 from ettin_cli.core.files import write_json_atomic
+from ettin_cli.io.shards import describe_difference
 from ettin_cli.publish.training_record import TRAINING_RECORD
 from ettin_cli.train.config import TrainConfig
 
@@ -30,7 +31,6 @@ def check_output_dir(config: TrainConfig) -> str:
 
     Nothing is written here, so a run refused later for bad input leaves the folder as it was.
     """
-    from ettin_cli.io.shards import describe_difference
 
     out = Path(config.output_dir)
     run_file = out / RUN_FILE

@@ -22,9 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import resolve_device, resolve_precision
+from ettin_cli.core.recipes import load_recipe
+from ettin_cli.core.sources import resolve_source
 from ettin_cli.io import kinds
+from ettin_cli.measure.eval_data import NANOBEIR_SETS
 from ettin_cli.train.data import parse_data_sources
+from ettin_cli.train.losses import resolve_loss
+from ettin_cli.train.student import HEAD_ACTIVATIONS, HEAD_CHOICES, HEAD_INITS, POOLING_MODES
 
 # The recipe's precision names -> hardware.resolve_precision's.
 _RECIPE_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
@@ -183,7 +190,6 @@ def _source(value: str, option: str, repo_type: str, pairs: frozenset[str] = fro
     A value that can only be a path and does not exist is refused at once ("no such file or folder"); the Hub
     is not asked here (`--print-config` loads nothing), but when the data or model is read.
     """
-    from ettin_cli.core.sources import resolve_source
 
     hint = "--data DIR (a local copy)" if repo_type == "dataset" else f"{option} DIR (a local copy)"
     src = resolve_source(value, option=option, offline_hint=hint, repo_type=repo_type, check_hub=False)
@@ -250,11 +256,6 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
     `overrides` are the `ettin train` options by name (`learning_rate=`, `data=`, `max_steps=`, ...).
     `world_size` defaults to torchrun's `WORLD_SIZE`; `device` to what `hardware.resolve_device` picks here.
     """
-    from ettin_cli.core.distributed import current_rank
-    from ettin_cli.core.hardware import resolve_device, resolve_precision
-    from ettin_cli.core.recipes import load_recipe
-    from ettin_cli.train.losses import resolve_loss
-    from ettin_cli.train.student import HEAD_ACTIVATIONS, HEAD_CHOICES, HEAD_INITS, POOLING_MODES
 
     known = {"data", "validation_data", "query_column", "document_column", "score_column", "base_model",
              "output_dir", "max_steps", "learning_rate", "global_batch_size", "per_device_batch_size", "max_length",
@@ -379,7 +380,6 @@ def resolve_config(size: str | None = None, recipe_file: str | None = None, *, w
         raise EttinError(f"{where}: evaluation.require_eval_data is set: give --eval-data DIR, your own held-out "
                          "queries in BEIR layout, so the run is measured on your domain before and after training")
     else:
-        from ettin_cli.measure.eval_data import NANOBEIR_SETS
 
         if opt.get("eval_split"):
             raise EttinError("--eval-split applies to --eval-data BEIR folders (NanoBEIR has one split)")

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.sources import looks_like_path, resolve_source
+from ettin_cli.io import shards
+from ettin_cli.io.shards import ShardedFolder, is_finished
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -27,7 +30,6 @@ def _first_line(exc: BaseException) -> str:
 def source_kind(source: str) -> str:
     path = Path(source)
     if path.is_dir():
-        from ettin_cli.io import shards
 
         if shards.is_sharded_output(path):
             shards.ShardedFolder(path).manifest()  # one line when the step that writes this folder has not finished
@@ -41,7 +43,6 @@ def source_kind(source: str) -> str:
         if path.suffix in (".parquet", ".jsonl", ".json"):
             return "file"
         raise EttinError(f"{source}: unsupported file type '{path.suffix}' (use .parquet, .jsonl or .json)")
-    from ettin_cli.core.sources import looks_like_path
 
     if looks_like_path(source):
         raise EttinError(f"{source}: no such file or directory")
@@ -88,7 +89,6 @@ def _load_configs(source: str, split: str, cache_dir: str | None, *, required: b
     from datasets import get_dataset_config_names, get_dataset_split_names, load_dataset
 
     if source_kind(source) == "hub":
-        from ettin_cli.core.sources import resolve_source
 
         resolve_source(source, option="--data", offline_hint="--data DIR (a local copy)", repo_type="dataset")
     try:
@@ -118,7 +118,6 @@ def manifest_target(source: str, depth: int = 0) -> str | None:
     """The column an `ettin score` folder wrote its scores to, from its manifest (followed back through `ettin
     select` / `mix` folders). Such a folder also carries its input's columns, often a qrels `label`, so its
     manifest, not a guess between `label` and `score`, names the target."""
-    from ettin_cli.io.shards import ShardedFolder, is_finished
 
     config = ShardedFolder(source).manifest().get("config") or {}
     if config.get("score_column"):
@@ -134,7 +133,6 @@ def _load_source(source: str, split: str, cache_dir: str | None, *, required: bo
     """The parts of one source, each with the label its errors name it by (the source, or source + config)."""
     kind = source_kind(source)
     if kind == "score-dir":
-        from ettin_cli.io.shards import ShardedFolder
 
         files = ShardedFolder(source).shards()  # in order, each checked against the manifest's size and SHA-256
         if not files:
@@ -303,7 +301,6 @@ def score_dir_teacher(source: str, depth: int = 0) -> dict[str, Any]:
     An `ettin select` (or mix) folder carries the scores of the `ettin score` folder it read: its manifest names
     that folder as `input`, which is followed back (a few steps at most).
     """
-    from ettin_cli.io.shards import ShardedFolder, is_finished
 
     manifest = ShardedFolder(source).manifest()
     config = manifest.get("config") or {}

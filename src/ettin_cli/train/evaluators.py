@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.sources import resolve_source
+from ettin_cli.measure.eval_data import NANOBEIR_ID, load_eval_data
+from ettin_cli.measure.evaluation import evaluate_reranker, retrieve_candidates
 from ettin_cli.train.config import TrainConfig
 from ettin_cli.train.data import _first_line
 
@@ -26,9 +29,6 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
     `split` is the qrels split (`qrels/<split>.tsv`) whose queries pick the checkpoint: a dev split, so that the
     test queries that report the result never choose it."""
     from sentence_transformers.base.evaluation import BaseEvaluator
-
-    from ettin_cli.measure.eval_data import load_eval_data
-    from ettin_cli.measure.evaluation import evaluate_reranker, retrieve_candidates
 
     datasets, known = load_eval_data(list(dirs), top_k=top_k, split=split)
     datasets = _limit_queries(datasets, max_queries)
@@ -76,8 +76,6 @@ def make_beir_evaluator(dirs: list[str], *, top_k: int, batch_size: int, max_que
 
 def require_nanobeir() -> None:
     """Offline (or no route to the Hub) and not cached: one line within a second, not the Hub client's retries."""
-    from ettin_cli.core.sources import resolve_source
-    from ettin_cli.measure.eval_data import NANOBEIR_ID
 
     resolve_source(NANOBEIR_ID, option="the default evaluation (NanoBEIR)", repo_type="dataset",
                    offline_hint="--eval-data DIR (a BEIR folder; `ettin split` makes its dev split)")

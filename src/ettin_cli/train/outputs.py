@@ -15,10 +15,13 @@ from typing import Any
 from ettin_cli import __version__
 from ettin_cli.core.console import logger
 from ettin_cli.core.files import apply_umask, write_json_atomic, write_text_atomic
+from ettin_cli.measure.agreement import quality_flags, warn_quality
+from ettin_cli.measure.charts import training_curves_chart
 from ettin_cli.publish.training_record import FORMAT, TrainingRecord
 from ettin_cli.train.checkpoints import CHECKPOINT_RE
 from ettin_cli.train.config import TrainConfig
 from ettin_cli.train.evaluators import metric_table
+from ettin_cli.train.student import count_parameters
 
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
@@ -36,7 +39,6 @@ def build_record(config: TrainConfig, *, model: Any, state: Any, history: list[d
 
     `data` holds `train` / `validation` (per-source summaries), `train_rows`, `teacher` and `teacher_format`.
     """
-    from ettin_cli.train.student import count_parameters
 
     primary = config.primary_metric
     before = next((h for h in history if h.get("step") == 0 and f"eval_{primary}" in h), None)
@@ -104,7 +106,6 @@ def check_quality(record: TrainingRecord, targets_variance: float | None) -> lis
     """Flag a run that did not earn its place, with a WARNING line each (`evaluation.quality_flags`' rules):
     held-out mean NDCG@10 after training below the untrained student's, or the eval MSE to the teacher above the
     variance of the teacher's held-out scores (worse than predicting their mean). Returns the record's flags."""
-    from ettin_cli.measure.agreement import quality_flags, warn_quality
 
     metrics = record.metrics
     before, after = metrics["before"].get("mean"), metrics["after"].get("mean")
@@ -257,7 +258,6 @@ def write_outputs(out: Path, final_tmp: Path, record: TrainingRecord, history: l
         "resumed_from": record.resumed_from,
     }
     write_json_atomic(out / METRICS_FILE, metrics)
-    from ettin_cli.measure.charts import training_curves_chart
 
     training_curves_chart(losses, evals, f"eval_{primary}", out / CURVES_FILE,
                           kept_step=(record.final_model or {}).get("step"))

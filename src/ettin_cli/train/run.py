@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ettin_cli.core.console import logger
+from ettin_cli.core.distributed import current_rank
 from ettin_cli.core.errors import EttinError
+from ettin_cli.core.hardware import Precision
 from ettin_cli.publish.training_record import TrainingRecord
+from ettin_cli.train import checkpoints, data, outputs
+from ettin_cli.train.callbacks import TokenMeter, make_callbacks, trainer_class
 from ettin_cli.train.config import TrainConfig
+from ettin_cli.train.evaluators import make_evaluator, require_nanobeir
+from ettin_cli.train.losses import prepare_loss
+from ettin_cli.train.student import build_student, check_unpadding, head_plan, init_head, load_cross_encoder_base
 
 
 def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[str, Any]:
@@ -30,12 +37,6 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
     """
     import torch
     from transformers import PrinterCallback, ProgressCallback
-
-    from ettin_cli.core.distributed import current_rank
-    from ettin_cli.train import checkpoints, data, outputs
-    from ettin_cli.train.callbacks import TokenMeter, make_callbacks, trainer_class
-    from ettin_cli.train.evaluators import make_evaluator
-    from ettin_cli.train.losses import prepare_loss
 
     # 1. Config: this launch must be the one the config was resolved for; a finished run is not redone.
     rank = current_rank()
@@ -54,7 +55,6 @@ def run_training(config: TrainConfig, *, callbacks: list | None = None) -> dict[
         logger.info(f"{out}: this run is already complete (final model in {out / 'final'}); nothing to do")
         return TrainingRecord.read(out / "final").to_dict()
     if config.evaluation["benchmark"] == "nanobeir":  # the Hub check of the default evaluation, before any loading
-        from ettin_cli.train.evaluators import require_nanobeir
 
         require_nanobeir()
     args = config.trainer_arguments()  # initialises torch.distributed under torchrun
@@ -129,7 +129,6 @@ def fit_max_length(config: TrainConfig, model: Any, train_ds: Any,
     """Set the student's max length when the recipe says `auto` (the training pairs' 95th percentile of token
     lengths, rounded up to a multiple of 32, capped by the backbone and by `--max-length`); count the pairs still
     cut at the length it trains with, warning (WARNING) when more than a quarter are. Returns the count."""
-    from ettin_cli.train import data
 
     seed = config.training["seed"]
     lengths, sampled = data.pair_lengths(model.tokenizer, train_ds, seed=seed)
@@ -154,8 +153,6 @@ def build_student_for(config: TrainConfig, train_ds: Any) -> Any:
     """The student: a cross-encoder base continues from itself, head included (`model.head` auto or keep);
     otherwise the recipe's new head on the base's encoder, started as the recipe says (CPU; the trainer moves it).
     The log names which of the two it is."""
-    from ettin_cli.core.hardware import Precision
-    from ettin_cli.train.student import build_student, check_unpadding, head_plan, init_head, load_cross_encoder_base
 
     prec = Precision(config.precision["dtype"], config.precision["attn"])
     fixed_length = config.max_length if isinstance(config.max_length, int) else None

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ettin_cli.core.console import logger
 from ettin_cli.core.errors import EttinError
-from ettin_cli.core.hardware import Precision
+from ettin_cli.core.hardware import Precision, is_flash_attention_2, torch_dtype
+from ettin_cli.core.sources import resolve_source
+from ettin_cli.label.fit import folder_kind
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -58,7 +60,6 @@ def check_base_model(base_model: str) -> str:
 def local_model_files(base_model: str) -> Path:
     """The folder holding `base_model`'s config files: the folder itself, or the Hub id's snapshot (only its JSON
     files are fetched; offline, the local Hub cache answers, as `core.sources.resolve_source` decides)."""
-    from ettin_cli.core.sources import resolve_source
 
     source = resolve_source(base_model, option="--base-model", offline_hint="--base-model DIR (a local copy)")
     if source.is_local:
@@ -77,8 +78,6 @@ def is_cross_encoder(folder: Path) -> bool:
     CrossEncoder config, a modules.json whose last module writes `scores`, or a transformers
     *ForSequenceClassification config (the head of the released cross-encoders of earlier versions)."""
     import json
-
-    from ettin_cli.label.fit import folder_kind
 
     kind, _ = folder_kind(folder)
     if kind == "cross-encoder":
@@ -152,8 +151,6 @@ def model_kwargs_for(precision: Precision, *, for_training: bool) -> dict[str, A
     target dtype directly.
     """
     import torch
-
-    from ettin_cli.core.hardware import torch_dtype
 
     dtype = torch.float32 if for_training else torch_dtype(precision.dtype)
     return {"dtype": dtype, "attn_implementation": precision.attn}
@@ -240,7 +237,6 @@ def init_head(model: CrossEncoder, mode: str, targets: Any, *, seed: int = 12) -
 
 def torch_dtype_of(precision: Precision):
     """The torch dtype of `precision` (helper kept here so callers need not import hardware and torch)."""
-    from ettin_cli.core.hardware import torch_dtype
 
     return torch_dtype(precision.dtype)
 
@@ -288,7 +284,6 @@ def check_student(model: CrossEncoder) -> None:
 def unpadding_active(model: CrossEncoder) -> bool:
     """True when the backbone runs Flash Attention 2 on packed (unpadded) text batches."""
     transformer = model[0]
-    from ettin_cli.core.hardware import is_flash_attention_2
 
     return (is_flash_attention_2(getattr(transformer.config, "_attn_implementation", None))
             and bool(getattr(transformer, "can_flatten_inputs", False)))
