@@ -58,12 +58,21 @@ def student(tiny_student_path, cranfield_pairs_parquet, tmp_path_factory) -> Pat
 @pytest.fixture(scope="module")
 def exported(student, small_recipe, cranfield_dir) -> Path:
     """One `ettin export` of every format family. The tiny random student's scores spread too little for int8
-    to keep their order, so the int8 order bounds are opened here; their figures are still checked below."""
+    to keep their order, so the int8 order bounds are opened here; their figures are still checked below.
+    The model is named relative to the working folder, as a user types it (`ettin export runs/x/final`)."""
+    import os
+
     from ettin_cli.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(student), "--formats", FORMATS, "--isa", ISA, "--check-data", str(cranfield_dir),
-              "--recipe", str(small_recipe), "--bound", "int8.min_spearman=-1", "--bound", "int8.max_ndcg_drop=1"])
+    here = Path.cwd()
+    os.chdir(student.parent)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", student.name, "--formats", FORMATS, "--isa", ISA, "--check-data", str(cranfield_dir),
+                  "--recipe", str(small_recipe), "--bound", "int8.min_spearman=-1", "--bound",
+                  "int8.max_ndcg_drop=1"])
+    finally:
+        os.chdir(here)
     assert exit_info.value.code in (0, None)
     return student
 

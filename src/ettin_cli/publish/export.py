@@ -322,7 +322,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     logger.info(f"PyTorch fp32 reference: {len(check.pairs)} pairs of {check.source}, {ref_speed:,.1f} pairs/s")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ettin-export-", dir=out_dir))
+    # absolute: ExportedCrossEncoder reads a relative file name as relative to the model folder (the Hub layout)
+    tmp = Path(tempfile.mkdtemp(prefix=".ettin-export-", dir=out_dir)).resolve()
     try:
         (tmp / ONNX_DIR).mkdir()
         if any(f.startswith("openvino") for f in formats):
