@@ -46,8 +46,8 @@ HEAVY = ["torch", "transformers", "datasets", "sentence_transformers", "pyarrow"
 
 
 def test_help_imports_no_heavy_library():
-    """Every module of the package is imported by `ettin --help` (sibling imports sit at module top); the heavy
-    libraries stay inside the functions that use them."""
+    """`ettin --help` imports every command module; the heavy libraries stay inside the functions that use them
+    (and a command imports its library module when it runs)."""
     code = f"import sys; from ettin_cli import cli; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -142,7 +142,12 @@ def test_function_level_imports_are_found(tmp_path):
 
 def test_sibling_imports_sit_at_module_top():
     """Lazy imports are for heavy libraries (torch, transformers, datasets, ...); a module of this package is
-    imported where the module starts, so the import graph reads from the top of each file (issue #22)."""
+    imported where the module starts, so the import graph reads from the top of each file (issue #22).
+
+    The one exception is `commands/`: `ettin --help` imports every command module, so a command imports the
+    library module that does its work when it runs. Measured: with those hoisted too, `ettin --help` imports
+    every module of the package and numpy and takes 0.9 s instead of 0.45 s on 2 cores."""
     root = Path(ettin_cli.__file__).parent
-    lazy = [hit for path in sorted(root.rglob("*.py")) for hit in function_level_imports(path)]
+    lazy = [hit for path in sorted(root.rglob("*.py")) if "commands" not in path.relative_to(root).parts
+            for hit in function_level_imports(path)]
     assert lazy == [], "imports of ettin_cli inside functions: " + ", ".join(lazy)

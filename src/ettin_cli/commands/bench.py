@@ -6,20 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.core.console import logger
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.hardware import resolve_device
-from ettin_cli.measure.backends import backend_table, parse_backends, run_backend_bench, write_backend_bench
-from ettin_cli.measure.bench import (
-    bench_pairs,
-    bench_table,
-    default_memory_limit,
-    lengths_table,
-    run_bench,
-    write_bench,
-)
-from ettin_cli.measure.settings import plan_settings
-
 HELP = (
     'Measure inference throughput (pairs/s) the way the published tables do.\n\n'
     'Pairs of real text cut at each model\'s own max length (as loaded; --max-length overrides it), with their '
@@ -86,6 +72,19 @@ def bench_command(
     import json
     import sys
 
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.hardware import resolve_device
+    from ettin_cli.measure.bench import (
+        bench_pairs,
+        bench_table,
+        default_memory_limit,
+        lengths_table,
+        run_bench,
+        write_bench,
+    )
+    from ettin_cli.measure.settings import plan_settings
+
     if batch_size is not None and batch_size < 1:
         raise EttinError(f"--batch-size must be at least 1, got {batch_size}")
     if max_batch is not None and max_batch < start_batch:
@@ -123,6 +122,10 @@ def _bench_backends(models: list[str], backend: str, data: str, num_pairs: int, 
     """`--backend`: PyTorch vs the exported files of each model, on the same pairs (measure/backends.py)."""
     import json
     import sys
+
+    from ettin_cli.core.console import logger
+    from ettin_cli.measure.backends import backend_table, parse_backends, run_backend_bench, write_backend_bench
+    from ettin_cli.measure.bench import bench_pairs, default_memory_limit
 
     chosen = parse_backends(backend)
     pairs = bench_pairs(data, num_pairs, seed=seed)

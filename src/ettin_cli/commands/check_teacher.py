@@ -6,12 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.files import write_json_atomic
-from ettin_cli.core.recipes import read_yaml, recipes_dir
-from ettin_cli.measure.teacher_check import check_teacher as run_check
-from ettin_cli.measure.teacher_check import enforce
-
 HELP = (
     "Check that the teacher reranks better than the retriever alone, on dev queries, before scoring with it.\n\n"
     "Reranks the retriever's top-k of every dev query with the teacher and prints both mean NDCG@10 values "
@@ -51,6 +45,12 @@ def check_teacher(
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per forward pass."),
 ) -> None:
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.files import write_json_atomic
+    from ettin_cli.core.recipes import read_yaml, recipes_dir
+    from ettin_cli.measure.teacher_check import check_teacher as run_check
+    from ettin_cli.measure.teacher_check import enforce
+
     where = recipe or str(recipes_dir() / "data.yaml")
     defaults = read_yaml(where).get("teacher_check") or {}
     margin = min_margin if min_margin is not None else defaults.get("min_margin")

@@ -6,12 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.core.distributed import current_rank
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.files import write_json_atomic
-from ettin_cli.measure.doctor import failures, print_table, report, run_doctor
-from ettin_cli.train.student import build_student
-
 HELP = (
     "Check, offline on tiny random models, that the fast paths a long run relies on are right on this machine.\n\n"
     "For fp32+SDPA, bf16+SDPA and bf16+FA2 (those the machine supports; the rest are skipped with the reason): "
@@ -39,6 +33,12 @@ def doctor_command(
                                    "Repeatable (default: all three)."),
 ) -> None:
     import sys
+
+    from ettin_cli.core.distributed import current_rank
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.files import write_json_atomic
+    from ettin_cli.measure.doctor import failures, print_table, report, run_doctor
+    from ettin_cli.train.student import build_student
 
     if json_path is not None and json_path.is_dir():
         raise EttinError(f"--json {json_path}: is a folder; give a file path")

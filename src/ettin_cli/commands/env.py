@@ -6,8 +6,6 @@ import json
 
 import typer
 
-from ettin_cli.core.hardware import describe
-
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -18,6 +16,8 @@ def register(app: typer.Typer) -> None:
 
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    from ettin_cli.core.hardware import describe
+
     info = describe()
     if as_json:
         typer.echo(json.dumps(info, indent=2))

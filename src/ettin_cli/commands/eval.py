@@ -6,12 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.core.console import logger
-from ettin_cli.core.errors import EttinError
-from ettin_cli.measure import mteb_report
-from ettin_cli.measure.evaluation import compare_models, report_tables
-from ettin_cli.measure.mteb_eval import MtebEvalConfig, evaluate_mteb
-
 HELP = (
     "Rerank the retriever's top-k for every query and compare models in one table.\n\n"
     'Reports NDCG@10, MRR@10 and Recall@k (ir-measures) per dataset and the mean, for every MODEL and for'
@@ -85,6 +79,10 @@ def eval_command(
 ) -> None:
     import json
 
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.measure.evaluation import compare_models, report_tables
+
     if batch_size is not None and batch_size < 1:
         raise EttinError(f"--batch-size must be at least 1, got {batch_size}")
     if max_length is not None and max_length < 8:
@@ -131,6 +129,10 @@ def _benchmark(models: list[str], benchmark: str, retrievers: list[str], tasks: 
                max_length: int | None, batch_size: int | None, instruction: str | None, as_json: bool) -> None:
     import json
 
+    from ettin_cli.core.console import logger
+    from ettin_cli.measure.mteb_eval import MtebEvalConfig, evaluate_mteb
+    from ettin_cli.measure.mteb_report import report_tables
+
     config = MtebEvalConfig(models=list(models), benchmark=benchmark, retrievers=list(retrievers),
                             tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                             top_k=top_k, max_queries=max_queries, formats=list(formats), output=str(output),
@@ -140,5 +142,5 @@ def _benchmark(models: list[str], benchmark: str, retrievers: list[str], tasks: 
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
     else:
-        _print(mteb_report.report_tables(report))
+        _print(report_tables(report))
     logger.info("wrote %s and %s", output / "mteb_eval.json", output / "mteb_eval.png")

@@ -4,18 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ettin_cli.core.console import logger
-from ettin_cli.measure.parity import parity_table
-from ettin_cli.publish.export import (
-    ExportConfig,
-    apply_bound_overrides,
-    load_export_recipe,
-    parse_formats,
-    require_export_libraries,
-    resolve_model,
-    run_export,
-)
-
 HELP = (
     "Export a reranker to ONNX and OpenVINO files, quantized and proven equal to the PyTorch model.\n\n"
     "The whole scorer (encoder, pooling and head, raw score out) is one graph, in the files Sentence "
@@ -65,6 +53,18 @@ def export_command(
                                       "recipes/export.yaml."),
 ) -> None:
     import sys
+
+    from ettin_cli.core.console import logger
+    from ettin_cli.measure.parity import parity_table
+    from ettin_cli.publish.export import (
+        ExportConfig,
+        apply_bound_overrides,
+        load_export_recipe,
+        parse_formats,
+        require_export_libraries,
+        resolve_model,
+        run_export,
+    )
 
     chosen = parse_formats(formats)
     require_export_libraries(chosen)

@@ -7,11 +7,6 @@ import json
 import typer
 
 from ettin_cli.commands import options
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.recipes import load_data_recipe, recipe_section
-from ettin_cli.data import lists as id_lists
-from ettin_cli.data import mining
-from ettin_cli.io.kinds import BEIR, require_kind
 
 HELP = (
     "Mine up to --top-k first-stage candidates per query from a corpus: the pool the teacher scores next.\n\n"
@@ -77,11 +72,17 @@ def mine(
     num_shards: options.NumShards = None,
     shard_index: options.ShardIndex = None,
 ) -> None:
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import mining
+    from ettin_cli.io.kinds import BEIR, require_kind
+
     data, where = load_data_recipe(recipe)
     defaults = recipe_section(data, "mining", where)
     if (corpus is None) == (lists is None):
         raise EttinError("give --corpus (mine with a retriever) or --lists (read mined candidate lists), not both")
     if lists is not None:
+        from ettin_cli.data import lists as id_lists
 
         if not source:
             raise EttinError("--lists needs --source NAME (the split of DATASET to read, e.g. nq)")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import typer
 
 from ettin_cli.commands import options
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.recipes import load_data_recipe
-from ettin_cli.data import mixing
 
 HELP = (
     "Build the training mix described in recipes/data.yaml: the 32 pre-training and 7 retrieval subsets, each "
@@ -50,6 +47,10 @@ def mix(
     overwrite: options.Overwrite = False,
     verify: options.Verify = False,
 ) -> None:
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.recipes import load_data_recipe
+    from ettin_cli.data import mixing
+
     data, where = load_data_recipe(recipe)
     plan = mixing.load_plan(data, where)
     plan = mixing.apply_options(plan, overrides=mixing.parse_assignments(source, "--source"),

@@ -8,8 +8,6 @@ import typer
 
 from ettin_cli.commands import options
 from ettin_cli.core.errors import EttinError
-from ettin_cli.io.kinds import MINED, SCORED, require_kind
-from ettin_cli.label.scoring import ScoreJob, run_score
 
 HELP = (
     "Label (query, document) pairs with a teacher: sharded parquet with a float32 `score` column.\n\n"
@@ -81,6 +79,9 @@ def score(
     num_shards: options.NumShards = None,
     shard_index: options.ShardIndex = None,
 ) -> None:
+    from ettin_cli.io.kinds import MINED, SCORED, require_kind
+    from ettin_cli.label.scoring import ScoreJob, run_score
+
     require_kind(input, MINED, "INPUT", accepted={MINED, SCORED})
 
     for name, value in (("--rows-per-shard", rows_per_shard), ("--limit", limit), ("--max-length", max_length),

@@ -7,11 +7,6 @@ import json
 import typer
 
 from ettin_cli.commands import options
-from ettin_cli.core.console import logger
-from ettin_cli.core.errors import EttinError
-from ettin_cli.core.recipes import load_data_recipe, recipe_section
-from ettin_cli.data import selection
-from ettin_cli.io.kinds import MINED, SCORED, require_kind
 
 HELP = (
     "Select training pairs per query from teacher-scored candidates (the output of `ettin score` on "
@@ -60,6 +55,11 @@ def select(
     num_shards: options.NumShards = None,
     shard_index: options.ShardIndex = None,
 ) -> None:
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.errors import EttinError
+    from ettin_cli.core.recipes import load_data_recipe, recipe_section
+    from ettin_cli.data import selection
+    from ettin_cli.io.kinds import MINED, SCORED, require_kind
 
     # A score column of another name (--score-column) is not recognised as scored: then any pairs folder goes.
     require_kind(scored, SCORED, "SCORED", accepted={SCORED} if score_column == "score" else {SCORED, MINED})

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ettin_cli.core.console import logger
-from ettin_cli.core.recipes import read_yaml, recipes_dir
-from ettin_cli.data.splitting import SplitConfig, split_collection
-
 HELP = (
     "Split a BEIR folder's judged queries into train, dev and test (by query: no query is in two splits), "
     "writing a working copy: OUTPUT/corpus.jsonl and queries.jsonl (hard links or copies), "
@@ -43,6 +39,10 @@ def split(
     recipe: str | None = typer.Option(None, "--recipe", help="Data recipe (default: recipes/data.yaml)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an OUTPUT split with other options."),
 ) -> None:
+    from ettin_cli.core.console import logger
+    from ettin_cli.core.recipes import read_yaml, recipes_dir
+    from ettin_cli.data.splitting import SplitConfig, split_collection
+
     where = recipe or str(recipes_dir() / "data.yaml")
     defaults = read_yaml(where).get("split") or {}
     given = {"source": source, "dev": dev, "test": test, "min_train": min_train, "min_dev": min_dev,

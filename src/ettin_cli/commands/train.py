@@ -7,10 +7,6 @@ from pathlib import Path
 
 import typer
 
-from ettin_cli.label.fit import check_base_model
-from ettin_cli.train.config import resolve_config
-from ettin_cli.train.run import run_training
-
 HELP = (
     "Train an Ettin reranker student by pointwise MSE on raw teacher scores (the six-size recipe).\n\n"
     "Reads recipes/shared.yaml + recipes/SIZE.yaml (or --recipe FILE), trains with Sentence Transformers' "
@@ -94,6 +90,8 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as JSON and exit (loads nothing)."),
 ) -> None:
+    from ettin_cli.train.config import resolve_config
+
     config = resolve_config(
         size, str(recipe) if recipe else None, data=data or None, validation_data=validation_data or None,
         query_column=query_column, document_column=document_column, score_column=score_column,
@@ -107,8 +105,10 @@ def train(
     if print_config:
         typer.echo(json.dumps(config.to_dict(), indent=2))
         return
+    from ettin_cli.train.run import run_training
 
     if Path(config.backbone).exists():  # a local folder: refuse a model of the wrong kind before any loading
+        from ettin_cli.label.fit import check_base_model
 
         check_base_model(config.backbone, base_model or config.backbone)
     record = run_training(config)
