@@ -9,7 +9,7 @@
 #
 # Knobs (environment): DEMO_OUT (runs/demo), DEMO_TOP_K (32 candidates per training query),
 # DEMO_MAX_STEPS (default: the recipe's epochs), DEMO_CRANFIELD (../shared/data/cranfield, used when present),
-# DEMO_QUICK=1 (a cut-down run for CI: DEMO_MAX_STEPS 192 steps, 10 evaluation queries,
+# DEMO_QUICK=1 (a cut-down run for CI: DEMO_MAX_STEPS 120 steps, 10 evaluation queries,
 # Cranfield skipped; the test suite checks that even this run learns the teacher's order on held-out queries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ EVAL_ARGS=(--max-queries 50)   # Cranfield's first 50 judged queries keep the de
 if [ "${DEMO_QUICK:-0}" = 1 ]; then
   # one short run: evaluated before and after only (no mid-run checkpoint to choose on 10 dev queries, where
   # NDCG@10 differences are noise), so the model reported is the one trained for the whole budget
-  TRAIN_ARGS+=(--max-steps "${DEMO_MAX_STEPS:-192}" --eval-max-queries 10 --eval-steps 0 --save-steps 0)
+  TRAIN_ARGS+=(--max-steps "${DEMO_MAX_STEPS:-120}" --eval-max-queries 10 --eval-steps 0 --save-steps 0)
   EVAL_ARGS=(--max-queries 10)
   CHECK_ARGS=(--max-queries 10)
   CRANFIELD=""
