@@ -87,7 +87,7 @@ def run(source: Path, out: Path, cache: Path) -> dict:
     result = json.loads(probe.stdout)
     if result["code"] != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result['stderr']}")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / ".ettin" / "manifest.json").read_text())  # the sharded-step layout (docs)
     result["pairs"] = manifest["totals"]["rows"]
     # the pairs phase alone (shards written), without start-up, loading and the check pass
     result["write_seconds"] = (max(s["finished_at"] for s in manifest["shards"])
